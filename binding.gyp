@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "vhost_native",
+      "sources": ["native/vhost_native.cc"],
+      "cflags_cc": ["-O2", "-Wall", "-Wextra", "-fno-exceptions"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

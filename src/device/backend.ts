@@ -1,0 +1,445 @@
+/**
+ * The framework side of a vhost-user backend: implements every frontend request for any {@link VirtioDevice}
+ * (features, memory table, ring life cycle, config, status, inflight tracking, reset) with the semantic checks
+ * the protocol layer leaves to it. One per connection; the device object outlives connections.
+ */
+import { native, closeQuietly } from '../native/index.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { mapRegion } from '../memory/mapping.js';
+import type { MemoryRegion } from '../memory/region.js';
+import { InflightQueue, inflightQueueSize } from '../virtqueue/inflight.js';
+import { ProtocolError, type InflightDescription, type RegionDescription, type VringAddress, type VringState } from '../protocol/message.js';
+import { RequestRejected, type BackendHandler } from '../protocol/backend.js';
+import { Connection } from '../protocol/connection.js';
+import { BackendRequest, HeaderFlag, Limits, ProtocolFeature } from '../protocol/constants.js';
+import { CommonFeature, DeviceStatus, featureMask, hasFeature } from '../virtio/constants.js';
+import type { Logger } from '../util/log.js';
+import type { VirtioDevice } from './device.js';
+import { Vring, type VringOwner } from './vring.js';
+
+/** Protocol features every device gets. */
+const BASE_PROTOCOL_FEATURES = featureMask(
+  ProtocolFeature.MQ,
+  ProtocolFeature.REPLY_ACK,
+  ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  ProtocolFeature.STATUS,
+);
+
+/** Ring features the framework implements for every device. */
+const RING_FEATURES = featureMask(
+  CommonFeature.VERSION_1,
+  CommonFeature.EVENT_IDX,
+  CommonFeature.INDIRECT_DESC,
+  CommonFeature.PROTOCOL_FEATURES,
+);
+
+/** Everything the framework offers for `device`. */
+export function offeredFeatures(device: VirtioDevice): bigint {
+  return device.features | RING_FEATURES;
+}
+
+/** Every protocol feature offered for `device`. */
+export function offeredProtocolFeatures(device: VirtioDevice): bigint {
+  let features = BASE_PROTOCOL_FEATURES | (device.protocolFeatures ?? 0n);
+  if (device.readConfig) features |= featureMask(ProtocolFeature.CONFIG);
+  if (device.inflightTracking) features |= featureMask(ProtocolFeature.INFLIGHT_SHMFD);
+  return features;
+}
+
+interface InflightArea {
+  buffer: SharedArrayBuffer;
+  description: InflightDescription;
+}
+
+/** Serves one frontend connection for a device. */
+export class DeviceBackend implements BackendHandler, VringOwner {
+  readonly device: VirtioDevice;
+  readonly memory = new GuestMemory({ maxRegions: Limits.MAX_MEM_SLOTS });
+  readonly vrings: Vring[];
+  readonly #log: Logger;
+  #features = 0n;
+  #featuresSet = false;
+  #protocolFeatures = 0n;
+  #status = 0;
+  #backendChannel: Connection | undefined;
+  #inflight: InflightArea | undefined;
+  #closed = false;
+  readonly #onClosed: ((reason: string | undefined) => void) | undefined;
+
+  /** `onClosed` runs once the connection is gone and the device has been reset. */
+  constructor(device: VirtioDevice, log: Logger, onClosed?: (reason: string | undefined) => void) {
+    if (device.numQueues < 1 || device.numQueues > Limits.MAX_QUEUES) {
+      throw new RangeError(`device has ${device.numQueues} queues (1..${Limits.MAX_QUEUES})`);
+    }
+    this.device = device;
+    this.#log = log;
+    this.#onClosed = onClosed;
+    this.vrings = Array.from({ length: device.numQueues }, (_, i) => new Vring(i, this, log));
+  }
+
+  /** Features the driver accepted. */
+  get features(): bigint {
+    return this.#features;
+  }
+
+  /** Is the protocol feature negotiated? */
+  hasProtocolFeature(bit: number): boolean {
+    return hasFeature(this.#protocolFeatures, bit);
+  }
+
+  // ---- VringOwner ----
+
+  available(vring: Vring): void {
+    if (!vring.started || !vring.enabled || vring.error) return;
+    const device = this.device;
+    vring.batch(() => {
+      if (device.onAvailable) {
+        device.onAvailable(vring);
+        return;
+      }
+      const handle = device.handleChain;
+      if (!handle) return;
+      for (let chain = vring.pop(); chain; chain = vring.pop()) {
+        try {
+          handle.call(device, vring, chain);
+        } catch (err) {
+          vring.fail(err as Error);
+          return;
+        }
+      }
+    });
+  }
+
+  broken(vring: Vring, error: Error): void {
+    this.#status |= DeviceStatus.NEEDS_RESET;
+    this.#log.error(`device needs reset: queue ${vring.index}: ${error.message}`);
+    this.configChanged();
+  }
+
+  /** Ask the frontend to re-read config space (and status), if it gave us a channel. */
+  configChanged(): void {
+    if (!this.#backendChannel || !this.hasProtocolFeature(ProtocolFeature.CONFIG)) return;
+    this.#backendChannel.send(BackendRequest.CONFIG_CHANGE_MSG, HeaderFlag.VERSION);
+  }
+
+  // ---- BackendHandler ----
+
+  getFeatures(): bigint {
+    return offeredFeatures(this.device);
+  }
+
+  setFeatures(features: bigint): void {
+    const offered = offeredFeatures(this.device);
+    const extra = features & ~offered;
+    // LOG_ALL may be set by a frontend that probes for migration; we never offer it.
+    if (extra !== 0n) throw new ProtocolError(`SET_FEATURES: bits 0x${extra.toString(16)} were not offered`);
+    this.#features = features;
+    this.#featuresSet = true;
+    const eventIdx = hasFeature(features, CommonFeature.EVENT_IDX);
+    const indirect = hasFeature(features, CommonFeature.INDIRECT_DESC);
+    const autoEnable = !hasFeature(features, CommonFeature.PROTOCOL_FEATURES);
+    for (const v of this.vrings) {
+      v.eventIdx = eventIdx;
+      v.indirect = indirect;
+      if (v.queue) {
+        v.queue.eventIdx = eventIdx;
+        v.queue.indirect = indirect;
+      }
+      // Without PROTOCOL_FEATURES rings are enabled as soon as they start.
+      if (autoEnable && !v.enabled) {
+        v.enabled = true;
+        this.device.ringEnableChanged?.(v);
+      }
+    }
+    this.device.featuresNegotiated?.(features);
+  }
+
+  getProtocolFeatures(): bigint {
+    return offeredProtocolFeatures(this.device);
+  }
+
+  setProtocolFeatures(features: bigint): void {
+    const extra = features & ~offeredProtocolFeatures(this.device);
+    if (extra !== 0n) throw new ProtocolError(`SET_PROTOCOL_FEATURES: bits 0x${extra.toString(16)} were not offered`);
+    this.#protocolFeatures = features;
+  }
+
+  setOwner(): void {
+    // Ownership is the connection itself: one frontend per socket.
+  }
+
+  async resetOwner(): Promise<void> {
+    await this.resetDevice();
+  }
+
+  getQueueNum(): number {
+    return this.device.numQueues;
+  }
+
+  getMaxMemSlots(): number {
+    return this.memory.maxRegions;
+  }
+
+  #ring(index: number, what: string): Vring {
+    const v = this.vrings[index];
+    if (!v) throw new ProtocolError(`${what}: queue ${index} does not exist (the device has ${this.vrings.length})`);
+    return v;
+  }
+
+  #mapAll(regions: RegionDescription[], fds: number[]): MemoryRegion[] {
+    const mapped: MemoryRegion[] = [];
+    try {
+      regions.forEach((r, i) => mapped.push(mapRegion(fds[i]!, r)));
+    } catch (err) {
+      for (const m of mapped) m.release();
+      throw new ProtocolError(`memory region cannot be mapped: ${(err as Error).message}`);
+    }
+    return mapped;
+  }
+
+  async #quiesce(): Promise<void> {
+    await Promise.all(this.vrings.map((v) => v.whenIdle()));
+  }
+
+  async setMemTable(regions: RegionDescription[], fds: number[]): Promise<void> {
+    if (regions.length > this.memory.maxRegions) {
+      throw new ProtocolError(`SET_MEM_TABLE: ${regions.length} regions over the limit of ${this.memory.maxRegions}`);
+    }
+    const mapped = this.#mapAll(regions, fds);
+    for (const fd of fds) closeQuietly(fd);
+    // Requests in flight use views of the old table; let them finish before it goes.
+    await this.#quiesce();
+    let old: MemoryRegion[];
+    try {
+      old = this.memory.replace(mapped);
+    } catch (err) {
+      for (const m of mapped) m.release();
+      throw new ProtocolError(`SET_MEM_TABLE: ${(err as Error).message}`);
+    }
+    for (const v of this.vrings) v.remap(this.memory);
+    for (const r of old) r.release();
+  }
+
+  async addMemRegion(region: RegionDescription, fd: number): Promise<void> {
+    const [mapped] = this.#mapAll([region], [fd]);
+    closeQuietly(fd);
+    try {
+      this.memory.add(mapped!);
+    } catch (err) {
+      mapped!.release();
+      throw new ProtocolError(`ADD_MEM_REG: ${(err as Error).message}`);
+    }
+    for (const v of this.vrings) v.remap(this.memory);
+  }
+
+  async removeMemRegion(region: RegionDescription): Promise<void> {
+    await this.#quiesce();
+    let removed: MemoryRegion;
+    try {
+      removed = this.memory.remove(region);
+    } catch (err) {
+      throw new ProtocolError(`REM_MEM_REG: ${(err as Error).message}`);
+    }
+    for (const v of this.vrings) v.remap(this.memory);
+    removed.release();
+  }
+
+  setVringNum(state: VringState): void {
+    const v = this.#ring(state.index, 'SET_VRING_NUM');
+    const n = state.num;
+    if (n === 0 || n > this.device.maxQueueSize || (n & (n - 1)) !== 0) {
+      throw new ProtocolError(`SET_VRING_NUM: size ${n} is not a power of two in 1..${this.device.maxQueueSize}`);
+    }
+    if (v.started) throw new ProtocolError(`SET_VRING_NUM: queue ${state.index} is running`);
+    v.size = n;
+  }
+
+  setVringAddr(address: VringAddress): void {
+    const v = this.#ring(address.index, 'SET_VRING_ADDR');
+    v.addresses = { desc: address.desc, avail: address.avail, used: address.used };
+    // A running ring gets new addresses when the frontend toggles logging; re-translate.
+    if (v.started) v.remap(this.memory);
+  }
+
+  setVringBase(state: VringState): void {
+    const v = this.#ring(state.index, 'SET_VRING_BASE');
+    if (state.num > 0xffff) throw new ProtocolError(`SET_VRING_BASE: ${state.num} is not a split-ring index`);
+    if (v.started) throw new ProtocolError(`SET_VRING_BASE: queue ${state.index} is running`);
+    v.base = state.num;
+  }
+
+  async getVringBase(index: number): Promise<number> {
+    const v = this.#ring(index, 'GET_VRING_BASE');
+    this.device.ringStopping?.(v);
+    const base = await v.stop();
+    // After GET_VRING_BASE the ring is stopped and, with PROTOCOL_FEATURES, disabled.
+    if (hasFeature(this.#features, CommonFeature.PROTOCOL_FEATURES)) v.enabled = false;
+    return base;
+  }
+
+  setVringKick(index: number, fd: number | undefined): void {
+    const v = this.#ring(index, 'SET_VRING_KICK');
+    if (fd === undefined) {
+      throw new ProtocolError('SET_VRING_KICK: polled rings (NOFD) are not supported; send a kick eventfd');
+    }
+    if (v.started) throw new ProtocolError(`SET_VRING_KICK: queue ${index} is already running`);
+    if (this.#inflight && !v.inflight) v.inflight = this.#inflightQueue(index);
+    v.start(fd, this.memory);
+    if (!v.started) return;
+    this.device.ringStarted?.(v);
+    // Buffers made available before the kick fd existed, or left in flight by a previous backend.
+    this.available(v);
+  }
+
+  setVringCall(index: number, fd: number | undefined): void {
+    this.#ring(index, 'SET_VRING_CALL').setCallFd(fd);
+  }
+
+  setVringErr(index: number, fd: number | undefined): void {
+    this.#ring(index, 'SET_VRING_ERR').setErrFd(fd);
+  }
+
+  setVringEnable(index: number, enable: boolean): void {
+    const v = this.#ring(index, 'SET_VRING_ENABLE');
+    if (!hasFeature(this.#features, CommonFeature.PROTOCOL_FEATURES) && this.#featuresSet) {
+      throw new ProtocolError('SET_VRING_ENABLE without PROTOCOL_FEATURES negotiated');
+    }
+    if (v.enabled === enable) return;
+    v.enabled = enable;
+    this.device.ringEnableChanged?.(v);
+    if (enable) this.available(v);
+  }
+
+  setBackendReqFd(fd: number): void {
+    this.#backendChannel?.close();
+    const channel = new Connection(fd, { name: 'backend-channel', logger: this.#log });
+    // The frontend only sends replies here (to requests that asked for one); nothing to act on.
+    channel.start((message) => {
+      if (!(message.flags & HeaderFlag.REPLY)) {
+        throw new ProtocolError(`backend channel: unexpected request ${message.request} from the frontend`);
+      }
+    });
+    this.#backendChannel = channel;
+  }
+
+  getConfig(offset: number, size: number): Uint8Array {
+    const read = this.device.readConfig;
+    if (!read) throw new ProtocolError('GET_CONFIG: this device has no config space');
+    const config = read.call(this.device);
+    // Reads past the device's config return zeros, as a PCI config read would.
+    const out = new Uint8Array(size);
+    if (offset < config.byteLength) out.set(config.subarray(offset, Math.min(config.byteLength, offset + size)));
+    return out;
+  }
+
+  async setConfig(offset: number, data: Uint8Array): Promise<void> {
+    const write = this.device.writeConfig;
+    if (!write) throw new RequestRejected('config space is read-only');
+    await write.call(this.device, offset, data);
+  }
+
+  #inflightQueue(index: number): InflightQueue | undefined {
+    const area = this.#inflight;
+    if (!area || index >= area.description.numQueues) return undefined;
+    const perQueue = inflightQueueSize(area.description.queueSize);
+    return new InflightQueue(area.buffer, area.description.mmapOffset + index * perQueue, area.description.queueSize);
+  }
+
+  getInflightFd(numQueues: number, queueSize: number): { description: InflightDescription; fd: number } {
+    if (!this.device.inflightTracking) throw new ProtocolError('GET_INFLIGHT_FD: inflight tracking was not offered');
+    if (numQueues === 0 || numQueues > this.device.numQueues) {
+      throw new ProtocolError(`GET_INFLIGHT_FD: ${numQueues} queues (the device has ${this.device.numQueues})`);
+    }
+    if (queueSize === 0 || queueSize > this.device.maxQueueSize || (queueSize & (queueSize - 1)) !== 0) {
+      throw new ProtocolError(`GET_INFLIGHT_FD: queue size ${queueSize} is not a power of two up to ${this.device.maxQueueSize}`);
+    }
+    const perQueue = inflightQueueSize(queueSize);
+    const size = perQueue * numQueues;
+    const fd = native.memfdCreate('vhost-user-inflight', size);
+    let buffer: SharedArrayBuffer;
+    try {
+      buffer = native.mmap(fd, size, true);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    const description = { mmapSize: size, mmapOffset: 0, numQueues, queueSize };
+    for (let q = 0; q < numQueues; q++) new InflightQueue(buffer, q * perQueue, queueSize).init();
+    this.#setInflight({ buffer, description });
+    return { description, fd };
+  }
+
+  setInflightFd(description: InflightDescription, fd: number): void {
+    if (!this.device.inflightTracking) throw new ProtocolError('SET_INFLIGHT_FD: inflight tracking was not offered');
+    const { numQueues, queueSize, mmapOffset, mmapSize } = description;
+    if (numQueues === 0 || numQueues > this.device.numQueues || queueSize === 0 || queueSize > this.device.maxQueueSize) {
+      throw new ProtocolError(`SET_INFLIGHT_FD: ${numQueues} queues of ${queueSize} do not fit this device`);
+    }
+    const needed = inflightQueueSize(queueSize) * numQueues;
+    if (mmapSize < needed) throw new ProtocolError(`SET_INFLIGHT_FD: area of ${mmapSize} bytes, ${needed} needed`);
+    const { size } = native.fstat(fd);
+    if (mmapOffset + mmapSize > size) {
+      throw new ProtocolError(`SET_INFLIGHT_FD: ${mmapOffset}+${mmapSize} is past the end of the ${size}-byte file`);
+    }
+    const buffer = native.mmap(fd, mmapOffset + mmapSize, true);
+    closeQuietly(fd);
+    this.#setInflight({ buffer, description });
+  }
+
+  #setInflight(area: InflightArea): void {
+    if (this.#inflight) native.unmapNow(this.#inflight.buffer);
+    this.#inflight = area;
+    for (const v of this.vrings) if (!v.started) v.inflight = undefined;
+  }
+
+  async resetDevice(): Promise<void> {
+    await this.#stopAll();
+    this.#features = 0n;
+    this.#featuresSet = false;
+    this.#status = 0;
+    for (const v of this.vrings) {
+      v.enabled = false;
+      v.base = 0;
+      v.size = 0;
+      v.addresses = undefined;
+      v.inflight = undefined;
+    }
+    await this.device.reset?.();
+  }
+
+  setStatus(status: number): void {
+    this.#status = status & ~DeviceStatus.NEEDS_RESET | (this.#status & DeviceStatus.NEEDS_RESET);
+  }
+
+  getStatus(): number {
+    return this.#status;
+  }
+
+  async #stopAll(): Promise<void> {
+    await Promise.all(this.vrings.map(async (v) => {
+      if (v.started) {
+        this.device.ringStopping?.(v);
+        await v.stop();
+      }
+    }));
+  }
+
+  async disconnected(reason: string | undefined): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#stopAll();
+      for (const v of this.vrings) v.dispose();
+      this.#backendChannel?.close();
+      this.#backendChannel = undefined;
+      if (this.#inflight) native.unmapNow(this.#inflight.buffer);
+      this.#inflight = undefined;
+      for (const r of this.memory.clear()) r.release();
+      await this.device.reset?.();
+    } finally {
+      this.#onClosed?.(reason);
+    }
+  }
+}

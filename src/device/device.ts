@@ -1,0 +1,63 @@
+/**
+ * The device interface: what a virtio device implements to be served over vhost-user. A device is mostly its
+ * own logic; the framework ({@link DeviceBackend}) owns the protocol, memory, rings, inflight tracking and
+ * notifications.
+ */
+import type { DescriptorChain } from '../virtqueue/chain.js';
+import type { Vring } from './vring.js';
+
+/** A virtio device served by {@link DeviceBackend}. */
+export interface VirtioDevice {
+  /** Virtio device id (see `DeviceId`). */
+  readonly deviceId: number;
+  /** Device-specific feature bits offered. VERSION_1, EVENT_IDX, INDIRECT_DESC and the vhost-user bit are added. */
+  readonly features: bigint;
+  /** Number of virtqueues. */
+  readonly numQueues: number;
+  /** Largest ring size the device accepts (power of two). */
+  readonly maxQueueSize: number;
+  /**
+   * Protocol features the device wants beyond the framework's base set (MQ, REPLY_ACK, BACKEND_REQ, RESET_DEVICE,
+   * CONFIGURE_MEM_SLOTS, STATUS). CONFIG is added when {@link readConfig} exists.
+   */
+  readonly protocolFeatures?: bigint;
+  /** Track inflight requests in shared memory (INFLIGHT_SHMFD) so they survive a backend restart. */
+  readonly inflightTracking?: boolean;
+
+  /** The whole config space as the driver would read it now. */
+  readConfig?(): Uint8Array;
+  /** A driver write to config space; throw `RequestRejected` to refuse it. */
+  writeConfig?(offset: number, data: Uint8Array): void | Promise<void>;
+
+  /** Features the driver accepted (after SET_FEATURES). */
+  featuresNegotiated?(features: bigint): void;
+
+  /**
+   * One available chain on a ring that is started and enabled. Complete it with `vring.complete(chain, len)`,
+   * now or later (async I/O). Throwing marks the ring broken (NEEDS_RESET).
+   */
+  handleChain?(vring: Vring, chain: DescriptorChain): void;
+
+  /**
+   * The ring has new buffers (a kick, or the ring was just started or enabled). The default pops every chain
+   * and hands each to {@link handleChain}; devices that consume buffers on their own schedule (network receive)
+   * implement this instead.
+   */
+  onAvailable?(vring: Vring): void;
+
+  /** A ring started (kick fd set) with this state; `vring.enabled` tells whether it may have side effects. */
+  ringStarted?(vring: Vring): void;
+  /** A ring is stopping; the framework waits for the ring's inflight count to reach 0 after this. */
+  ringStopping?(vring: Vring): void;
+  /** A ring was enabled or disabled. */
+  ringEnableChanged?(vring: Vring): void;
+
+  /** The frontend went away or reset the device: forget per-connection state. Storage stays. */
+  reset?(): void | Promise<void>;
+}
+
+/** A hook for devices whose config changes at run time: the framework tells the frontend. */
+export interface ConfigChangeNotifier {
+  /** Ask the frontend to re-read the config space (CONFIG_CHANGE_MSG). */
+  configChanged(): void;
+}

@@ -1,0 +1,314 @@
+/**
+ * One virtqueue as the framework runs it: the protocol state the frontend set (size, addresses, base, fds,
+ * enable), the started split queue, the kick watcher, completion batching and the inflight count.
+ */
+import { native, closeQuietly, Readiness, type FdWatcher } from '../native/index.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { DescriptorChain } from '../virtqueue/chain.js';
+import { SplitQueue } from '../virtqueue/split-queue.js';
+import type { InflightQueue } from '../virtqueue/inflight.js';
+import type { Logger } from '../util/log.js';
+
+/** Ring addresses in the frontend's virtual address space. */
+export interface RingAddresses {
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+/** Callbacks from a ring to its owner. */
+export interface VringOwner {
+  /** New buffers may be available (kick, start, enable). */
+  available(vring: Vring): void;
+  /** The ring hit a malformed chain or could not be set up; the device needs a reset. */
+  broken(vring: Vring, error: Error): void;
+}
+
+/** A virtqueue's state and its device-facing operations. */
+export class Vring {
+  /** Queue index. */
+  readonly index: number;
+  /** Ring size set by SET_VRING_NUM (0 until then). */
+  size = 0;
+  /** Addresses set by SET_VRING_ADDR. */
+  addresses: RingAddresses | undefined;
+  /** Next avail index to process, as set by SET_VRING_BASE (used when the ring starts). */
+  base = 0;
+  /** May the ring have side effects? (SET_VRING_ENABLE, or at once without PROTOCOL_FEATURES.) */
+  enabled = false;
+  /** Negotiated ring features. */
+  eventIdx = false;
+  indirect = false;
+  /** Inflight area for this queue, when the frontend gave one. */
+  inflight: InflightQueue | undefined;
+  /** Free for the device to keep per-ring state. */
+  deviceState: unknown;
+
+  readonly #owner: VringOwner;
+  readonly #log: Logger;
+  #kickFd = -1;
+  #callFd = -1;
+  #errFd = -1;
+  #watcher: FdWatcher | undefined;
+  #queue: SplitQueue | undefined;
+  #error: Error | undefined;
+  #inflightCount = 0;
+  #idleWaiters: (() => void)[] = [];
+  #flushScheduled = false;
+  #pendingCompletions = 0;
+  #processing = false;
+  #resubmit: DescriptorChain[] = [];
+
+  constructor(index: number, owner: VringOwner, log: Logger) {
+    this.index = index;
+    this.#owner = owner;
+    this.#log = log;
+  }
+
+  /** Started: kick fd set and the rings translated. */
+  get started(): boolean {
+    return this.#queue !== undefined;
+  }
+
+  /** The split queue while started. */
+  get queue(): SplitQueue | undefined {
+    return this.#queue;
+  }
+
+  /** Set when a malformed chain stopped the ring. */
+  get error(): Error | undefined {
+    return this.#error;
+  }
+
+  /** Chains popped and not yet completed. */
+  get inflightCount(): number {
+    return this.#inflightCount;
+  }
+
+  /** Replace the call fd (ours to close). */
+  setCallFd(fd: number | undefined): void {
+    closeQuietly(this.#callFd);
+    this.#callFd = fd ?? -1;
+  }
+
+  /** Replace the error fd (ours to close). */
+  setErrFd(fd: number | undefined): void {
+    closeQuietly(this.#errFd);
+    this.#errFd = fd ?? -1;
+  }
+
+  /**
+   * Start the ring with this kick fd: translate the ring addresses and begin watching kicks.
+   * Ring-setup problems (addresses outside memory, misalignment) mark the ring broken rather than throwing:
+   * they come from the guest.
+   */
+  start(kickFd: number, memory: GuestMemory): void {
+    this.stopWatching();
+    closeQuietly(this.#kickFd);
+    this.#kickFd = kickFd;
+    this.#error = undefined;
+    if (this.size === 0 || this.addresses === undefined) {
+      this.fail(new Error(`queue ${this.index} kicked before its size and addresses were set`));
+      return;
+    }
+    const queue = new SplitQueue(this.index, this.size);
+    try {
+      queue.configure(memory, this.addresses);
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    queue.eventIdx = this.eventIdx;
+    queue.indirect = this.indirect;
+    queue.lastAvailIdx = this.base;
+    if (this.inflight) {
+      try {
+        const n = queue.attachInflight(this.inflight);
+        if (n > 0) {
+          this.#log.info(`queue ${this.index}: resubmitting ${n} request(s) left in flight by the previous backend`);
+          this.#resubmit = queue.resubmitInflight();
+        }
+      } catch (err) {
+        this.fail(err as Error);
+        return;
+      }
+    }
+    this.#queue = queue;
+    this.#watcher = native.watch(kickFd, () => this.#onKick());
+    this.#watcher.start(Readiness.READABLE);
+  }
+
+  /** Re-translate ring addresses after the memory table changed. */
+  remap(memory: GuestMemory): void {
+    const queue = this.#queue;
+    if (!queue || !this.addresses) return;
+    try {
+      const a = queue.addresses;
+      const same = a && a.desc === this.addresses.desc && a.avail === this.addresses.avail && a.used === this.addresses.used;
+      if (same) queue.remap(memory);
+      else queue.configure(memory, this.addresses);
+    } catch (err) {
+      this.fail(err as Error);
+    }
+  }
+
+  /** Stop reacting to kicks (the queue stays as it is). */
+  stopWatching(): void {
+    this.#watcher?.close();
+    this.#watcher = undefined;
+  }
+
+  /**
+   * Stop the ring: no more kicks, wait until every popped chain was completed, and return the next avail index
+   * (GET_VRING_BASE).
+   */
+  async stop(): Promise<number> {
+    this.stopWatching();
+    await this.whenIdle();
+    this.flush();
+    const queue = this.#queue;
+    const base = queue ? queue.lastAvailIdx : this.base;
+    this.#queue = undefined;
+    this.#resubmit = [];
+    this.base = base;
+    closeQuietly(this.#kickFd);
+    this.#kickFd = -1;
+    return base;
+  }
+
+  /** Resolves when no chain popped from this ring is still in flight. */
+  whenIdle(): Promise<void> {
+    if (this.#inflightCount === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /** Close every fd; the ring is unusable afterwards until set up again. */
+  dispose(): void {
+    this.stopWatching();
+    this.#queue = undefined;
+    this.#resubmit = [];
+    closeQuietly(this.#kickFd);
+    this.#kickFd = -1;
+    this.setCallFd(undefined);
+    this.setErrFd(undefined);
+  }
+
+  /**
+   * Take the next available chain, or null (none, not started, or broken). A malformed chain breaks the ring.
+   */
+  pop(): DescriptorChain | null {
+    const queue = this.#queue;
+    if (!queue || this.#error) return null;
+    let chain: DescriptorChain | null | undefined = this.#resubmit.shift();
+    if (chain) {
+      this.#inflightCount++;
+      return chain;
+    }
+    try {
+      chain = queue.pop();
+    } catch (err) {
+      this.fail(err as Error);
+      return null;
+    }
+    if (chain) this.#inflightCount++;
+    return chain;
+  }
+
+  /** Are chains waiting (without taking any)? */
+  hasAvailable(): boolean {
+    const queue = this.#queue;
+    if (!queue || this.#error) return false;
+    if (this.#resubmit.length > 0) return true;
+    try {
+      return queue.pending() > 0;
+    } catch (err) {
+      this.fail(err as Error);
+      return false;
+    }
+  }
+
+  /**
+   * Complete a chain with `len` bytes written to its device-writable part. The used index is published and the
+   * driver notified once per batch (end of the current processing pass, or a microtask later for async work).
+   */
+  complete(chain: DescriptorChain, len: number): void {
+    const queue = this.#queue;
+    this.#inflightCount--;
+    if (queue && !this.#error) {
+      queue.push(chain.head, len);
+      this.#pendingCompletions++;
+      if (!this.#processing && !this.#flushScheduled) {
+        this.#flushScheduled = true;
+        queueMicrotask(() => {
+          this.#flushScheduled = false;
+          this.flush();
+        });
+      }
+    }
+    if (this.#inflightCount === 0 && this.#idleWaiters.length > 0) {
+      const waiters = this.#idleWaiters;
+      this.#idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Publish completed entries now and notify the driver if it wants to be. */
+  flush(): void {
+    const queue = this.#queue;
+    if (!queue || this.#pendingCompletions === 0) return;
+    this.#pendingCompletions = 0;
+    if (queue.flush()) this.notify();
+  }
+
+  /** Signal the call fd. */
+  notify(): void {
+    if (this.#callFd < 0) return;
+    try {
+      native.eventfdWrite(this.#callFd, 1);
+    } catch (err) {
+      this.#log.warn(`queue ${this.index}: call notification failed: ${(err as Error).message}`);
+    }
+  }
+
+  /** Mark the ring broken: log, signal the error fd, tell the owner (NEEDS_RESET). */
+  fail(error: Error): void {
+    if (this.#error) return;
+    this.#error = error;
+    this.stopWatching();
+    this.#log.error(`queue ${this.index} stopped: ${error.message}`);
+    if (this.#errFd >= 0) {
+      try {
+        native.eventfdWrite(this.#errFd, 1);
+      } catch {
+        // the frontend's error fd is advisory
+      }
+    }
+    this.#owner.broken(this, error);
+  }
+
+  /** Run `fn` as one processing pass: completions inside it are flushed once at the end. */
+  batch(fn: () => void): void {
+    if (this.#processing) {
+      fn();
+      return;
+    }
+    this.#processing = true;
+    try {
+      fn();
+    } finally {
+      this.#processing = false;
+      this.flush();
+    }
+  }
+
+  #onKick(): void {
+    if (this.#kickFd < 0) return;
+    try {
+      native.eventfdRead(this.#kickFd);
+    } catch (err) {
+      this.fail(new Error(`reading the kick fd failed: ${(err as Error).message}`));
+      return;
+    }
+    this.#owner.available(this);
+  }
+}

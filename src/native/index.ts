@@ -1,0 +1,126 @@
+/**
+ * The one module that loads the native addon and gives it a typed interface.
+ *
+ * The addon is thin: it wraps the syscalls Node lacks and hands plain fds back.
+ * Every failure throws a {@link SystemError} carrying `errno`, `code` and `syscall`.
+ * Would-block results are not errors: they come back as sentinel values documented per call.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+/** Readiness bits for {@link FdWatcher.start}. */
+export const Readiness = {
+  READABLE: 1,
+  WRITABLE: 2,
+} as const;
+
+/** Result of {@link NativeBinding.recvMsg}. */
+export interface RecvResult {
+  /** Bytes read into the buffer; 0 means the peer closed the connection. */
+  bytes: number;
+  /** File descriptors received as SCM_RIGHTS; the caller owns them and must close them. */
+  fds: number[];
+  /** True when the kernel truncated ancillary data (MSG_CTRUNC): more fds were sent than we accept. */
+  fdsTruncated: boolean;
+}
+
+/** A libuv poll handle on an fd. The callback runs on the thread that created the watcher. */
+export interface FdWatcher {
+  /** Start (or change) watching for the given {@link Readiness} bits. */
+  start(events: number): void;
+  /** Stop watching; may be started again. */
+  stop(): void;
+  /** Stop and free the handle. The fd itself is not closed. Idempotent. */
+  close(): void;
+}
+
+/** Raw addon surface. Use the wrappers in this module rather than calling it directly. */
+export interface NativeBinding {
+  /** socket(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC) + bind + listen. Returns the listening fd. */
+  unixListen(path: string, backlog: number): number;
+  /** accept4(NONBLOCK|CLOEXEC). Returns the new fd, or -1 when no connection is pending (EAGAIN). */
+  unixAccept(fd: number): number;
+  /** Blocking connect to a Unix socket path; the returned fd is then set NONBLOCK|CLOEXEC. */
+  unixConnect(path: string): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC). */
+  socketPair(): [number, number];
+  /** sendmsg with optional SCM_RIGHTS. Returns bytes sent, or -1 on EAGAIN. Sends with MSG_NOSIGNAL. */
+  sendMsg(fd: number, data: Uint8Array, fds: number[]): number;
+  /** recvmsg with room for up to maxFds fds (MSG_CMSG_CLOEXEC). Returns null on EAGAIN. */
+  recvMsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
+  /** Is the fd a listening AF_UNIX stream socket? (for socket activation) */
+  isListeningUnixSocket(fd: number): boolean;
+  /** Set or clear O_NONBLOCK. */
+  setNonBlocking(fd: number, on: boolean): void;
+  /** close(2). Throws on EBADF. */
+  close(fd: number): void;
+  /** mmap(MAP_SHARED) of [0, length) of fd, exposed as a SharedArrayBuffer; munmapped when collected. */
+  mmap(fd: number, length: number, writable: boolean): SharedArrayBuffer;
+  /**
+   * Drop the file behind a mapping now: the pages are replaced by private zero pages (MAP_FIXED),
+   * so the guest's memory is released at once and any later access touches nothing of the guest's.
+   */
+  unmapNow(buffer: SharedArrayBuffer): void;
+  /** eventfd(initval, EFD_NONBLOCK|EFD_CLOEXEC). */
+  eventfd(initval: number): number;
+  /** Read an eventfd counter. Returns 0 when it is zero (EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** Add to an eventfd counter. Returns false on EAGAIN (counter full). */
+  eventfdWrite(fd: number, value: number): boolean;
+  /** memfd_create(name, MFD_CLOEXEC|MFD_ALLOW_SEALING) + ftruncate(size). */
+  memfdCreate(name: string, size: number): number;
+  /** Watch fd readiness on this thread's libuv loop; callback(events) or callback(events, errno) on error. */
+  watch(fd: number, callback: (events: number, errno?: number) => void): FdWatcher;
+  /** poll(2) on a single fd with a timeout in ms; returns revents (0 on timeout). Used by worker loops. */
+  pollFd(fd: number, events: number, timeoutMs: number): number;
+  /** fstat: size and mode of an fd, for region and image checks. */
+  fstat(fd: number): { size: number; mode: number };
+}
+
+/** An error from a failed syscall, shaped like Node's own system errors. */
+export interface SystemError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+function load(): NativeBinding {
+  const require = createRequire(import.meta.url);
+  // dist/src/native/index.js -> package root is three levels up; src/native/index.ts two.
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [
+    path.resolve(here, '../../../build/Release/vhost_native.node'),
+    path.resolve(here, '../../build/Release/vhost_native.node'),
+    path.resolve(here, '../../../build/Debug/vhost_native.node'),
+  ];
+  let lastError: unknown;
+  for (const file of candidates) {
+    try {
+      return require(file) as NativeBinding;
+    } catch (err) {
+      lastError = err;
+      if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    }
+  }
+  throw new Error(`vhost-user: native addon not built (run npm install): ${String(lastError)}`);
+}
+
+/** The loaded addon. */
+export const native: NativeBinding = load();
+
+/** Is this error a SystemError with the given code? */
+export function isSystemError(err: unknown, code?: string): err is SystemError {
+  return err instanceof Error && typeof (err as SystemError).errno === 'number' &&
+    (code === undefined || (err as SystemError).code === code);
+}
+
+/** Close an fd, ignoring EBADF (already closed). Used on cleanup paths that must not throw. */
+export function closeQuietly(fd: number): void {
+  if (fd < 0) return;
+  try {
+    native.close(fd);
+  } catch {
+    // cleanup path: nothing more to do
+  }
+}
