@@ -45,9 +45,15 @@ export interface NativeBinding {
   unixConnect(path: string): number;
   /** socketpair(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC). */
   socketPair(): [number, number];
-  /** sendmsg with optional SCM_RIGHTS. Returns bytes sent, or -1 on EAGAIN. Sends with MSG_NOSIGNAL. */
+  /**
+   * sendmsg with optional SCM_RIGHTS. Returns bytes sent, or -1 on EAGAIN. Sends with MSG_NOSIGNAL.
+   * At most 253 fds (SCM_MAX_FD), and fds need at least one data byte to ride on: both else EINVAL.
+   */
   sendMsg(fd: number, data: Uint8Array, fds: number[]): number;
-  /** recvmsg with room for up to maxFds fds (MSG_CMSG_CLOEXEC). Returns null on EAGAIN. */
+  /**
+   * recvmsg with room for up to maxFds fds (MSG_CMSG_CLOEXEC), maxFds in [0, 253]. Returns null on EAGAIN.
+   * Fds beyond maxFds are closed natively and flagged with `fdsTruncated`.
+   */
   recvMsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
   /** Is the fd a listening AF_UNIX stream socket? (for socket activation) */
   isListeningUnixSocket(fd: number): boolean;
@@ -60,17 +66,24 @@ export interface NativeBinding {
   /**
    * Drop the file behind a mapping now: the pages are replaced by private zero pages (MAP_FIXED),
    * so the guest's memory is released at once and any later access touches nothing of the guest's.
+   * A second call is a no-op; a buffer that did not come from {@link NativeBinding.mmap} is EINVAL.
    */
   unmapNow(buffer: SharedArrayBuffer): void;
   /** eventfd(initval, EFD_NONBLOCK|EFD_CLOEXEC). */
   eventfd(initval: number): number;
-  /** Read an eventfd counter. Returns 0 when it is zero (EAGAIN). */
+  /** Read an eventfd counter. Returns 0 when it is zero (EAGAIN). Exact up to 2^53. */
   eventfdRead(fd: number): number;
   /** Add to an eventfd counter. Returns false on EAGAIN (counter full). */
   eventfdWrite(fd: number, value: number): boolean;
   /** memfd_create(name, MFD_CLOEXEC|MFD_ALLOW_SEALING) + ftruncate(size). */
   memfdCreate(name: string, size: number): number;
-  /** Watch fd readiness on this thread's libuv loop; callback(events) or callback(events, errno) on error. */
+  /**
+   * Watch fd readiness on this thread's libuv loop; callback(events) or callback(events, errno) on error
+   * (the watcher is then stopped). A started watcher keeps the loop and itself alive; a stopped one
+   * that is no longer referenced is collected and its handle closed. libuv allows one active watcher per fd
+   * per thread (starting a second is EEXIST), refuses regular files (EPERM) and sets O_NONBLOCK.
+   * Close the watcher before closing the fd.
+   */
   watch(fd: number, callback: (events: number, errno?: number) => void): FdWatcher;
   /** poll(2) on a single fd with a timeout in ms; returns revents (0 on timeout). Used by worker loops. */
   pollFd(fd: number, events: number, timeoutMs: number): number;

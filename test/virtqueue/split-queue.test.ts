@@ -1,0 +1,312 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { MemoryRegion } from '../../src/memory/region.js';
+import { DriverQueue } from '../../src/virtqueue/driver-queue.js';
+import { QueueError } from '../../src/virtqueue/errors.js';
+import {
+  VIRTQ_DESC_F_WRITE as WRITE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
+} from '../../src/virtqueue/layout.js';
+import { SplitQueue } from '../../src/virtqueue/split-queue.js';
+import { A, DATA, RINGS, makeMemory, makeRig, offer, peek, poke, toVa } from './rig.js';
+
+test('constructor rejects sizes that are not a power of two in 1..32768', () => {
+  for (const size of [0, 3, 100, 65536, 32769, -8, 1.5]) assert.throws(() => new SplitQueue(0, size), QueueError);
+  for (const size of [1, 2, 256, 32768]) assert.equal(new SplitQueue(0, size).size, size);
+});
+
+test('configure: misaligned ring addresses are refused', () => {
+  const mem = makeMemory();
+  const va = toVa(mem, RINGS);
+  const q = new SplitQueue(0, 8);
+  assert.throws(() => q.configure(mem, { ...va, desc: va.desc + 8 }), QueueError);
+  assert.throws(() => q.configure(mem, { ...va, avail: va.avail + 1 }), QueueError);
+  assert.throws(() => q.configure(mem, { ...va, used: va.used + 2 }), QueueError);
+  assert.throws(() => q.configure(mem, { ...va, used: 0.5 }), QueueError);
+  assert.equal(q.configured, false);
+  q.configure(mem, { desc: va.desc + 16, avail: va.avail + 2, used: va.used + 4 });
+  assert.equal(q.configured, true);
+});
+
+test('configure: rings must be translatable and lie inside one region', () => {
+  const mem = makeMemory();
+  const va = toVa(mem, RINGS);
+  const q = new SplitQueue(0, 256);
+  // Guest-physical addresses are not frontend-virtual ones.
+  assert.throws(() => q.configure(mem, RINGS), QueueError);
+  // The descriptor table (4 KiB) would run past the end of region A.
+  assert.throws(() => q.configure(mem, { ...va, desc: A.userAddr + A.size - 0x800 }), QueueError);
+  // A used ring that does not fit in what is left of the region.
+  assert.throws(() => q.configure(mem, { ...va, used: A.userAddr + A.size - 8 * 256 }), QueueError);
+  // A ring bigger than all of memory.
+  const big = new SplitQueue(0, 32768);
+  assert.throws(() => big.configure(mem, va), QueueError);
+  // A failed configure leaves the queue unconfigured.
+  q.configure(mem, va);
+  assert.throws(() => q.configure(mem, { ...va, desc: 0x1000 }), QueueError);
+  assert.equal(q.configured, false);
+  assert.equal(q.pop(), null);
+});
+
+test('configure: a ring aligned in guest terms but misaligned in the mapping is refused', () => {
+  const mem = new GuestMemory();
+  const d = { guestPhysAddr: 0, size: 0x4000, userAddr: 0x10000, mmapOffset: 1 };
+  mem.add(MemoryRegion.fromBuffer(d, new SharedArrayBuffer(0x4001)));
+  const q = new SplitQueue(0, 8);
+  assert.throws(() => q.configure(mem, { desc: 0x10000, avail: 0x11000, used: 0x12000 }), /misaligned in the mapping/);
+});
+
+test('configure reads used.idx back from the ring; lastAvailIdx is kept', () => {
+  const rig = makeRig(8);
+  const used = rig.mem.gpaSlice(RINGS.used, 4);
+  new DataView(used.buffer, used.byteOffset, 4).setUint16(2, 0x1234, true);
+  rig.device.lastAvailIdx = 0x1236;
+  rig.device.configure(rig.mem, toVa(rig.mem, RINGS));
+  assert.equal(rig.device.usedIdx, 0x1234);
+  assert.equal(rig.device.publishedUsedIdx, 0x1234);
+  assert.equal(rig.device.lastAvailIdx, 0x1236);
+  assert.throws(() => { rig.device.lastAvailIdx = 0x10000; }, RangeError);
+});
+
+test('round trip driver -> device -> driver with data checked', () => {
+  const { mem, driver, device } = makeRig(8);
+  const request = Array.from({ length: 100 }, (_, i) => (i * 7) & 0xff);
+  poke(mem, DATA, request);
+  // The response buffer spans regions A and B.
+  const head = driver.add([{ addr: DATA, len: 100 }], [{ addr: 0xfff0, len: 0x40 }], 42);
+  assert.ok(head >= 0);
+  driver.publish();
+  assert.equal(driver.needsKick(), true);
+  assert.equal(device.pending(), 1);
+
+  const chain = device.pop()!;
+  assert.equal(chain.head, head);
+  assert.deepEqual([...chain.readAll()], request);
+  assert.equal(chain.writable.length, 2);
+  const response = Uint8Array.from({ length: 0x30 }, (_, i) => 0xff - i);
+  assert.equal(chain.writeFrom(response), 0x30);
+  device.push(chain.head, 0x30);
+  assert.equal(driver.popUsed(), null, 'not visible before flush');
+  assert.equal(device.flush(), true);
+  assert.equal(device.flush(), false, 'nothing new');
+
+  const used = driver.popUsed()!;
+  assert.deepEqual(used, { head, token: 42, len: 0x30 });
+  assert.deepEqual(peek(mem, 0xfff0, 0x30), [...response]);
+  assert.equal(driver.freeCount, 8);
+  assert.equal(driver.popUsed(), null);
+});
+
+test('the device takes chains across the wrap of the u16 avail index', () => {
+  const { driver, device } = makeRig(4);
+  device.lastAvailIdx = 0xfffe;
+  for (const [slot, head] of [[0xfffe, 2], [0xffff, 1]] as const) {
+    driver.writeDescriptor(head, DATA + head * 16, 16, WRITE, 0);
+    driver.writeAvailEntry(slot, head);
+  }
+  driver.writeAvailIdx(0);
+  assert.equal(device.pending(), 2);
+  assert.equal(device.pop()!.head, 2);
+  assert.equal(device.pop()!.head, 1);
+  assert.equal(device.lastAvailIdx, 0);
+  assert.equal(device.pop(), null);
+});
+
+test('70000 chains through a 4-entry ring: both u16 indices wrap, data and order kept', () => {
+  const { mem, driver, device } = makeRig(4);
+  let sent = 0;
+  let received = 0;
+  while (received < 70000) {
+    while (driver.freeCount > 0) {
+      const addr = DATA + 0x10 * (sent % 8);
+      poke(mem, addr, [sent & 0xff]);
+      driver.add([{ addr, len: 1 }], [], sent++);
+    }
+    driver.publish();
+    for (let c = device.pop(); c !== null; c = device.pop()) device.push(c.head, c.readAll()[0]!);
+    device.flush();
+    for (let u = driver.popUsed(); u !== null; u = driver.popUsed()) {
+      assert.equal(u.token, received++);
+      assert.equal(u.len, u.token & 0xff);
+    }
+  }
+  assert.equal(device.lastAvailIdx, 70000 & 0xffff);
+  assert.equal(driver.readUsedIdx(), 70000 & 0xffff);
+});
+
+test('flush without EVENT_IDX: notify unless the driver set NO_INTERRUPT', () => {
+  const { driver, device } = makeRig(8);
+  assert.equal(device.flush(), false, 'nothing pushed');
+  driver.writeDescriptor(0, DATA, 4, WRITE, 0);
+  offer(driver, 0);
+  device.push(device.pop()!.head, 4);
+  driver.writeAvailFlags(VRING_AVAIL_F_NO_INTERRUPT);
+  assert.equal(device.flush(), false);
+  assert.equal(driver.readUsedIdx(), 1, 'published anyway');
+  driver.writeAvailFlags(0);
+  device.push(0, 4);
+  assert.equal(device.flush(), true);
+  assert.equal(driver.readUsedIdx(), 2);
+});
+
+test('flush with EVENT_IDX follows used_event, including across the u16 wrap', () => {
+  const cases: { start: number; pushes: number; usedEvent: number; expect: boolean }[] = [
+    { start: 0, pushes: 1, usedEvent: 0, expect: true }, // driver waits for entry 0
+    { start: 0, pushes: 1, usedEvent: 1, expect: false }, // driver waits for entry 1: not yet
+    { start: 0, pushes: 2, usedEvent: 1, expect: true },
+    { start: 5, pushes: 3, usedEvent: 4, expect: false }, // event already behind old index
+    { start: 5, pushes: 3, usedEvent: 7, expect: true },
+    { start: 5, pushes: 3, usedEvent: 8, expect: false },
+    { start: 0xfffe, pushes: 3, usedEvent: 0xffff, expect: true }, // wraps: 0xfffe -> 0x0001
+    { start: 0xfffe, pushes: 3, usedEvent: 0x0000, expect: true },
+    { start: 0xfffe, pushes: 3, usedEvent: 0x0001, expect: false },
+    { start: 0xfffe, pushes: 3, usedEvent: 0xfffd, expect: false },
+    { start: 0xffff, pushes: 1, usedEvent: 0xffff, expect: true },
+  ];
+  for (const { start, pushes, usedEvent, expect } of cases) {
+    const rig = makeRig(8, { eventIdx: true });
+    // Put the ring's used index at `start` before the device maps it.
+    const used = rig.mem.gpaSlice(RINGS.used, 4);
+    new DataView(used.buffer, used.byteOffset, 4).setUint16(2, start, true);
+    rig.device.configure(rig.mem, toVa(rig.mem, RINGS));
+    rig.driver.setUsedEvent(usedEvent);
+    for (let i = 0; i < pushes; i++) rig.device.push(i, 0);
+    assert.equal(rig.device.flush(), expect, JSON.stringify({ start, pushes, usedEvent }));
+    assert.equal(rig.driver.readUsedIdx(), (start + pushes) & 0xffff);
+  }
+});
+
+test('EVENT_IDX: the old index is the one published by the previous flush', () => {
+  const rig = makeRig(8, { eventIdx: true });
+  rig.driver.setUsedEvent(2);
+  rig.device.push(0, 0);
+  assert.equal(rig.device.flush(), false); // 0 -> 1, waiting for 2
+  rig.device.push(1, 0);
+  rig.device.push(2, 0);
+  assert.equal(rig.device.flush(), true); // 1 -> 3 passes 2
+  rig.device.push(3, 0);
+  assert.equal(rig.device.flush(), false); // 3 -> 4, event 2 is behind
+});
+
+test('EVENT_IDX: an empty pop asks for a kick at the next buffer, and the driver honours it', () => {
+  const { driver, device } = makeRig(8, { eventIdx: true });
+  driver.add([{ addr: DATA, len: 4 }], [], 1);
+  driver.add([{ addr: DATA, len: 4 }], [], 2);
+  driver.publish();
+  driver.needsKick();
+  assert.ok(device.pop());
+  assert.ok(device.pop());
+  assert.equal(device.pop(), null);
+  assert.equal(driver.readAvailEvent(), 2, 'avail_event = lastAvailIdx once the ring is seen empty');
+
+  driver.add([{ addr: DATA, len: 4 }], [], 3);
+  driver.publish();
+  assert.equal(driver.needsKick(), true, 'the next buffer crosses avail_event');
+  driver.add([{ addr: DATA, len: 4 }], [], 4);
+  driver.publish();
+  assert.equal(driver.needsKick(), false, 'the device has not drained the ring since');
+  assert.ok(device.pop());
+  assert.ok(device.pop());
+  assert.equal(device.pop(), null);
+  driver.add([{ addr: DATA, len: 4 }], [], 5);
+  driver.publish();
+  assert.equal(driver.needsKick(), true);
+  assert.equal(driver.needsKick(), false, 'nothing published since the last check');
+});
+
+test('setNotification without EVENT_IDX toggles VRING_USED_F_NO_NOTIFY', () => {
+  const { driver, device } = makeRig(8);
+  assert.equal(device.setNotification(false), false);
+  assert.equal(driver.readUsedFlags(), VRING_USED_F_NO_NOTIFY);
+  driver.add([{ addr: DATA, len: 4 }], [], 1);
+  driver.publish();
+  assert.equal(driver.needsKick(), false);
+  assert.equal(device.setNotification(true), true, 'a buffer is already pending');
+  assert.equal(driver.readUsedFlags(), 0);
+  device.pop();
+  assert.equal(device.setNotification(true), false);
+  driver.add([{ addr: DATA, len: 4 }], [], 2);
+  driver.publish();
+  assert.equal(driver.needsKick(), true);
+});
+
+test('setNotification with EVENT_IDX writes avail_event when enabling, and pop stops updating it when off', () => {
+  const { driver, device } = makeRig(8, { eventIdx: true });
+  device.lastAvailIdx = 0;
+  device.setNotification(false);
+  assert.equal(device.pop(), null);
+  assert.equal(driver.readAvailEvent(), 0);
+  for (let i = 0; i < 3; i++) driver.add([{ addr: DATA, len: 4 }], [], i);
+  driver.publish();
+  device.pop();
+  device.pop();
+  device.pop();
+  assert.equal(device.pop(), null);
+  assert.equal(driver.readAvailEvent(), 0, 'not updated while notifications are off');
+  assert.equal(driver.readUsedFlags(), 0, 'EVENT_IDX does not use the flag');
+  assert.equal(device.setNotification(true), false);
+  assert.equal(driver.readAvailEvent(), 3);
+});
+
+test('eventIdx cannot be enabled on a mapped ring with no room for the event fields', () => {
+  const mem = makeMemory();
+  // Available ring for 8 entries without used_event is 20 bytes: put it flush against the end of region A.
+  const availVa = A.userAddr + A.size - 20;
+  const va = { ...toVa(mem, RINGS), avail: availVa };
+  const q = new SplitQueue(0, 8);
+  q.configure(mem, va);
+  assert.throws(() => { q.eventIdx = true; }, QueueError);
+  assert.equal(q.eventIdx, false);
+  const withEvents = new SplitQueue(0, 8);
+  withEvents.eventIdx = true;
+  assert.throws(() => withEvents.configure(mem, va), QueueError);
+  // With room, it can be switched on after configure.
+  const ok = new SplitQueue(0, 8);
+  ok.configure(mem, toVa(mem, RINGS));
+  ok.eventIdx = true;
+  assert.equal(ok.eventIdx, true);
+});
+
+test('push checks its arguments and needs a configured queue', () => {
+  const { device } = makeRig(8);
+  assert.throws(() => device.push(8, 0), RangeError);
+  assert.throws(() => device.push(-1, 0), RangeError);
+  assert.throws(() => device.push(0, 2 ** 32), RangeError);
+  assert.throws(() => device.push(0, -1), RangeError);
+  assert.throws(() => new SplitQueue(0, 8).push(0, 0), QueueError);
+});
+
+test('remap keeps the indices and follows the rings to a new mapping', () => {
+  const rig = makeRig(8);
+  rig.driver.add([{ addr: DATA, len: 4 }], [], 1);
+  rig.driver.publish();
+  rig.device.push(rig.device.pop()!.head, 0);
+  rig.device.flush();
+  // The frontend re-sends the table with the same layout: new region objects over the same buffers.
+  const old = rig.mem.regions;
+  rig.mem.replace(old.map((r) => MemoryRegion.fromBuffer(r, r.buffer)));
+  rig.device.remap(rig.mem);
+  assert.equal(rig.device.lastAvailIdx, 1);
+  assert.equal(rig.device.usedIdx, 1);
+  rig.driver.add([{ addr: DATA, len: 4 }], [], 2);
+  rig.driver.publish();
+  assert.equal(rig.device.pop()!.readableLength, 4);
+  // After the rings' region goes away, remap fails and the queue stops.
+  rig.mem.clear();
+  assert.throws(() => rig.device.remap(rig.mem), QueueError);
+  assert.equal(rig.device.configured, false);
+  assert.throws(() => new SplitQueue(1, 8).remap(rig.mem), QueueError);
+});
+
+test('a queue of size 1 works', () => {
+  const mem = makeMemory();
+  const driver = new DriverQueue<string>(mem, 1, RINGS);
+  const device = new SplitQueue(0, 1);
+  device.configure(mem, toVa(mem, RINGS));
+  assert.equal(driver.add([{ addr: DATA, len: 1 }], [], 'a'), 0);
+  assert.equal(driver.add([{ addr: DATA, len: 1 }], [], 'b'), -1);
+  driver.publish();
+  device.push(device.pop()!.head, 0);
+  device.flush();
+  assert.equal(driver.popUsed()!.token, 'a');
+});
