@@ -69,9 +69,13 @@ export function sizeOption(value: string, name: string): number {
   return n;
 }
 
-/** Parse a daemon's argv: the common options plus the device's. */
-export function parseDaemonArgs<T extends ParseArgsConfig['options']>(argv: string[], options: T) {
-  return parseArgs({ args: argv, options: { ...commonOptions, ...options }, strict: true, allowPositionals: false });
+/**
+ * Parse a daemon's argv: the common options plus the device's. Values come back untyped per option; each
+ * daemon reads its own with the accessors it expects.
+ */
+export function parseDaemonArgs(argv: string[], options: NonNullable<ParseArgsConfig['options']>):
+  Record<string, string | boolean | (string | boolean)[] | undefined> {
+  return parseArgs({ args: argv, options: { ...commonOptions, ...options }, strict: true, allowPositionals: false }).values;
 }
 
 /** What a daemon needs from its device module to run. */
