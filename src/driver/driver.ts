@@ -102,7 +102,9 @@ export class VirtioDriver {
     }
     await f.setOwner();
     if (this.hasProtocolFeature(ProtocolFeature.BACKEND_REQ)) await f.openBackendChannel();
-    const wanted = (options.features ?? this.offeredFeatures) | featureMask(CommonFeature.PROTOCOL_FEATURES);
+    // LOG_ALL (dirty logging for migration) needs a log area we never set up: take it only when asked for.
+    const wanted = (options.features ?? (this.offeredFeatures & ~featureMask(CommonFeature.LOG_ALL))) |
+      featureMask(CommonFeature.PROTOCOL_FEATURES);
     this.features = this.offeredFeatures & wanted;
     await f.setFeatures(this.features);
     if (this.hasProtocolFeature(ProtocolFeature.CONFIGURE_MEM_SLOTS)) {

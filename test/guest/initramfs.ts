@@ -193,7 +193,6 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
-echo "MODSTART $(cut -d' ' -f1 /proc/uptime)"
 # Module parameters come from the kernel command line as <module>.<param>=<value>,
 # as modprobe would pass them (insmod does not read /proc/cmdline itself).
 modparams() {
