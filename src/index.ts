@@ -1,0 +1,26 @@
+/**
+ * vhost-user: user-space virtio devices over the vhost-user protocol.
+ *
+ * The public API: the device framework (serve a {@link VirtioDevice}), the frontend side ({@link VirtioDriver},
+ * {@link FrontendConnection}), and the layers below for those who build their own.
+ */
+export { DeviceServer, type DeviceServerOptions } from './device/server.js';
+export { DeviceBackend, offeredFeatures, offeredProtocolFeatures } from './device/backend.js';
+export type { VirtioDevice, ConfigChangeNotifier } from './device/device.js';
+export { Vring } from './device/vring.js';
+export { VirtioDriver, type DriverOptions, type BufferRef } from './driver/driver.js';
+export { GuestRam } from './driver/guest-ram.js';
+export { FrontendConnection, RequestFailed } from './protocol/frontend.js';
+export { BackendConnection, RequestRejected, type BackendHandler } from './protocol/backend.js';
+export { Connection } from './protocol/connection.js';
+export { Endpoint, type EndpointOptions } from './protocol/endpoint.js';
+export { ProtocolError } from './protocol/message.js';
+export * from './protocol/constants.js';
+export { GuestMemory } from './memory/guest-memory.js';
+export { MemoryRegion } from './memory/region.js';
+export { DescriptorChain } from './virtqueue/chain.js';
+export { SplitQueue } from './virtqueue/split-queue.js';
+export { DriverQueue } from './virtqueue/driver-queue.js';
+export { ChainError, ChainErrorKind, QueueError } from './virtqueue/errors.js';
+export * from './virtio/constants.js';
+export { setLogLevel, setLogSink, logger } from './util/log.js';
