@@ -144,8 +144,12 @@ export class DeviceBackend implements BackendHandler, VringOwner {
       v.eventIdx = eventIdx;
       v.indirect = indirect;
       if (v.queue) {
-        v.queue.eventIdx = eventIdx;
-        v.queue.indirect = indirect;
+        try {
+          v.queue.eventIdx = eventIdx;
+          v.queue.indirect = indirect;
+        } catch (err) {
+          v.fail(err as Error);
+        }
       }
       // Without PROTOCOL_FEATURES rings are enabled as soon as they start.
       if (autoEnable && !v.enabled) {
@@ -366,7 +370,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
       throw err;
     }
     const description = { mmapSize: size, mmapOffset: 0, numQueues, queueSize };
-    for (let q = 0; q < numQueues; q++) new InflightQueue(buffer, q * perQueue, queueSize).init();
+    // The area stays zeroed: a ring that starts on it initialises its part (a used area means recovery).
     this.#setInflight({ buffer, description });
     return { description, fd };
   }

@@ -113,13 +113,14 @@ export class Vring {
     }
     const queue = new SplitQueue(this.index, this.size);
     try {
+      // Features first: with EVENT_IDX the rings must have room for the event fields.
+      queue.eventIdx = this.eventIdx;
+      queue.indirect = this.indirect;
       queue.configure(memory, this.addresses);
     } catch (err) {
       this.fail(err as Error);
       return;
     }
-    queue.eventIdx = this.eventIdx;
-    queue.indirect = this.indirect;
     queue.lastAvailIdx = this.base;
     if (this.inflight) {
       try {

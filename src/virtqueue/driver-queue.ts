@@ -126,6 +126,7 @@ export class DriverQueue<T = unknown> {
   /**
    * Offer a chain: `readable` buffers then `writable` ones. Returns the head index, or -1 when there are not
    * enough free descriptors. Visible to the device after {@link publish}.
+   * @throws RangeError for an empty chain or a bad address/length; MemoryError if the indirect table is not in memory.
    */
   add(readable: readonly BufferSpec[], writable: readonly BufferSpec[], token: T, options: AddOptions = {}): number {
     const n = readable.length + writable.length;

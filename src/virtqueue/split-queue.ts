@@ -10,7 +10,7 @@ import { ChainWalker, type DescriptorChain } from './chain.js';
 import { ChainError, ChainErrorKind, QueueError } from './errors.js';
 import type { InflightQueue } from './inflight.js';
 import {
-  AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availRingBytes,
+  AVAIL_ALIGN, DESC_ALIGN, RingFeature, USED_ALIGN, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availRingBytes,
   descTableBytes, isValidQueueSize, usedRingBytes, vringNeedEvent,
 } from './layout.js';
 
@@ -77,6 +77,15 @@ export class SplitQueue {
       throw new QueueError(`queue ${this.index}: rings have no room for the EVENT_IDX fields`);
     }
     this.#eventIdx = on;
+  }
+
+  /**
+   * Take EVENT_IDX and INDIRECT_DESC from a negotiated virtio feature mask (SET_FEATURES).
+   * @throws QueueError as the {@link eventIdx} setter does.
+   */
+  applyFeatures(features: bigint): void {
+    this.eventIdx = ((features >> BigInt(RingFeature.EVENT_IDX)) & 1n) === 1n;
+    this.indirect = ((features >> BigInt(RingFeature.INDIRECT_DESC)) & 1n) === 1n;
   }
 
   /** VIRTIO_F_INDIRECT_DESC negotiated (indirect descriptors are a chain error without it). */

@@ -88,29 +88,37 @@ export function writeCpio(entries: readonly CpioEntry[], firstIno = 1): Buffer {
   let ino = firstIno;
   for (const entry of entries) {
     const name = normalizeArchivePath(entry.path);
-    let mode: number;
+    let type: number;
+    let perm: number;
     let data: Uint8Array = new Uint8Array(0);
     let rdevMajor = 0;
     let rdevMinor = 0;
     switch (entry.kind) {
       case 'dir':
-        mode = S_IFDIR | (entry.mode ?? 0o755);
+        type = S_IFDIR;
+        perm = entry.mode ?? 0o755;
         break;
       case 'file':
-        mode = S_IFREG | (entry.mode ?? 0o644);
+        type = S_IFREG;
+        perm = entry.mode ?? 0o644;
         data = entry.data;
         break;
       case 'symlink':
-        mode = S_IFLNK | 0o777;
+        type = S_IFLNK;
+        perm = 0o777;
         data = Buffer.from(entry.target, 'utf8');
         break;
       case 'chardev':
-        mode = S_IFCHR | (entry.mode ?? 0o600);
+        type = S_IFCHR;
+        perm = entry.mode ?? 0o600;
         rdevMajor = entry.major;
         rdevMinor = entry.minor;
         break;
     }
-    if ((mode & ~S_IFMT) > 0o7777) throw new RangeError(`cpio: bad permission bits for ${name}`);
+    if (!Number.isInteger(perm) || perm < 0 || perm > 0o7777) {
+      throw new RangeError(`cpio: bad permission bits ${perm} for ${name}`);
+    }
+    const mode = type | perm;
     parts.push(
       header({
         ino: ino++,

@@ -29,7 +29,10 @@ export interface BootOptions {
    * parameters are written `<module>.<param>=<value>` (init passes them to insmod).
    */
   readonly append?: string;
-  /** Called with console text as it arrives (`\r` removed), e.g. for live debugging. */
+  /**
+   * Called with console text as it arrives (`\r` removed). Without it, setting
+   * `VHOST_USER_GUEST_CONSOLE=1` copies the console to stderr, for debugging.
+   */
   readonly onOutput?: (text: string) => void;
   /** If given, QEMU is killed when this test ends (via `t.after`), whatever the outcome. */
   readonly testContext?: TestContext;
@@ -191,12 +194,15 @@ export async function bootGuest(options: BootOptions): Promise<Guest> {
   const exitListeners = new Set<() => void>();
   let poweroffTimer: NodeJS.Timeout | undefined;
 
+  const onOutput =
+    options.onOutput ??
+    (process.env['VHOST_USER_GUEST_CONSOLE'] === '1' ? (text: string) => void process.stderr.write(text) : undefined);
   const stdoutDecoder = new StringDecoder('utf8');
   const onStdout = (text: string): void => {
     const clean = text.replace(/\r/g, '');
     if (clean === '') return;
     output += clean;
-    options.onOutput?.(clean);
+    onOutput?.(clean);
     if (poweroffTimer === undefined && parseGuestExit(output) !== null) {
       poweroffTimer = setTimeout(() => void kill(), POWEROFF_GRACE_MS);
       poweroffTimer.unref();

@@ -310,3 +310,11 @@ test('a queue of size 1 works', () => {
   device.flush();
   assert.equal(driver.popUsed()!.token, 'a');
 });
+
+test('applyFeatures takes EVENT_IDX (29) and INDIRECT_DESC (28) from a feature mask', () => {
+  const q = new SplitQueue(0, 8);
+  q.applyFeatures((1n << 29n) | (1n << 32n));
+  assert.deepEqual([q.eventIdx, q.indirect], [true, false]);
+  q.applyFeatures(1n << 28n);
+  assert.deepEqual([q.eventIdx, q.indirect], [false, true]);
+});
