@@ -16,7 +16,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <pty.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -533,6 +537,76 @@ napi_value Fstat(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// fallocate(2): punch holes and zero ranges for block storage. Synchronous: these are metadata operations.
+napi_value Fallocate(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t fd, mode;
+  uint64_t offset, length;
+  const double kMax = 9007199254740991.0;
+  if (!Args(env, info, argv) || !ArgInt32(env, argv[0], "fd", &fd) || !ArgInt32(env, argv[1], "mode", &mode) ||
+      !ArgUint(env, argv[2], "offset", kMax, &offset) || !ArgUint(env, argv[3], "length", kMax, &length))
+    return nullptr;
+  int rc;
+  do {
+    rc = fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length));
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) return ThrowErrno(env, "fallocate", errno);
+  return Undefined(env);
+}
+
+// Open (creating if needed) a TAP interface: /dev/net/tun + TUNSETIFF with IFF_TAP|IFF_NO_PI, non-blocking.
+napi_value TapOpen(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  std::string name;
+  bool vnetHdr;
+  if (!Args(env, info, argv) || !ArgString(env, argv[0], "name", &name) || !ArgBool(env, argv[1], "vnetHdr", &vnetHdr))
+    return nullptr;
+  if (name.size() >= IFNAMSIZ) return ThrowErrno(env, "TUNSETIFF", ENAMETOOLONG);
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return ThrowErrno(env, "open", errno, "/dev/net/tun");
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnetHdr ? IFF_VNET_HDR : 0);
+  memcpy(ifr.ifr_name, name.data(), name.size());
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int err = errno;
+    close(fd);
+    return ThrowErrno(env, "TUNSETIFF", err);
+  }
+  napi_value result, fd_v, name_v;
+  NAPI_OK(napi_create_object(env, &result));
+  NAPI_OK(napi_create_int32(env, fd, &fd_v));
+  NAPI_OK(napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &name_v));
+  NAPI_OK(napi_set_named_property(env, result, "fd", fd_v));
+  NAPI_OK(napi_set_named_property(env, result, "name", name_v));
+  return result;
+}
+
+// openpty(3): a pseudo-terminal pair for console ports; both ends CLOEXEC, the controller non-blocking.
+napi_value OpenPty(napi_env env, napi_callback_info) {
+  int controller, terminal;
+  char path[256];
+  if (openpty(&controller, &terminal, path, nullptr, nullptr) < 0) return ThrowErrno(env, "openpty", errno);
+  fcntl(controller, F_SETFD, FD_CLOEXEC);
+  fcntl(terminal, F_SETFD, FD_CLOEXEC);
+  int flags = fcntl(controller, F_GETFL);
+  if (flags < 0 || fcntl(controller, F_SETFL, flags | O_NONBLOCK) < 0) {
+    int err = errno;
+    close(controller);
+    close(terminal);
+    return ThrowErrno(env, "fcntl", err);
+  }
+  napi_value result, c_v, t_v, p_v;
+  NAPI_OK(napi_create_object(env, &result));
+  NAPI_OK(napi_create_int32(env, controller, &c_v));
+  NAPI_OK(napi_create_int32(env, terminal, &t_v));
+  NAPI_OK(napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &p_v));
+  NAPI_OK(napi_set_named_property(env, result, "controller", c_v));
+  NAPI_OK(napi_set_named_property(env, result, "terminal", t_v));
+  NAPI_OK(napi_set_named_property(env, result, "path", p_v));
+  return result;
+}
+
 napi_value EventFd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   uint64_t initval;
@@ -997,6 +1071,9 @@ NAPI_MODULE_INIT() {
       FN("watch", Watch),
       FN("pollFd", PollFd),
       FN("fstat", Fstat),
+      FN("fallocate", Fallocate),
+      FN("tapOpen", TapOpen),
+      FN("openpty", OpenPty),
 #undef FN
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) {

@@ -89,6 +89,15 @@ export interface NativeBinding {
   pollFd(fd: number, events: number, timeoutMs: number): number;
   /** fstat: size and mode of an fd, for region and image checks. */
   fstat(fd: number): { size: number; mode: number };
+  /** fallocate(2) (synchronous; mode bits: KEEP_SIZE 1, PUNCH_HOLE 2, ZERO_RANGE 0x10). */
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /**
+   * Open a TAP interface (created if missing) via /dev/net/tun with IFF_TAP|IFF_NO_PI (and IFF_VNET_HDR when asked),
+   * non-blocking. Returns the fd and the kernel's name for the interface.
+   */
+  tapOpen(name: string, vnetHdr: boolean): { fd: number; name: string };
+  /** openpty(3): the controller (non-blocking) and terminal fds and the terminal's path. */
+  openpty(): { controller: number; terminal: number; path: string };
 }
 
 /** An error from a failed syscall, shaped like Node's own system errors. */
