@@ -28,7 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <map>
+#include <signal.h>
 #include <mutex>
 #include <set>
 #include <string>
@@ -739,10 +741,96 @@ MapRegistry& Registry() {
   return *registry;
 }
 
+// ---- SIGBUS containment ----
+// A frontend can shrink a region's file after handing it over; touching the lost pages raises SIGBUS.
+// The handler replaces the faulting page of one of our mappings with a private zero page and counts the
+// fault, so the daemon survives and the JS side can fail the ring it was serving. The slot table is
+// lock-free because a signal handler cannot take the registry's mutex.
+constexpr size_t kFaultSlots = 4096;
+struct FaultSlot {
+  std::atomic<uintptr_t> start{0};
+  std::atomic<size_t> length{0};
+};
+FaultSlot g_fault_slots[kFaultSlots];
+std::atomic<int32_t> g_fault_count{0};
+struct sigaction g_old_sigbus;
+std::once_flag g_sigbus_once;
+
+void FaultTrack(uintptr_t start, size_t length) {
+  for (FaultSlot& slot : g_fault_slots) {
+    uintptr_t expected = 0;
+    if (slot.start.compare_exchange_strong(expected, start)) {
+      slot.length.store(length);
+      return;
+    }
+  }
+  // Table full: faults in this mapping will not be contained (4096 live mappings is far past any limit).
+}
+
+void FaultUntrack(uintptr_t start) {
+  for (FaultSlot& slot : g_fault_slots) {
+    if (slot.start.load() == start) {
+      slot.length.store(0);
+      slot.start.store(0);
+      return;
+    }
+  }
+}
+
+void OnSigbus(int sig, siginfo_t* info, void* context) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (FaultSlot& slot : g_fault_slots) {
+    uintptr_t start = slot.start.load();
+    size_t length = slot.length.load();
+    if (start != 0 && addr >= start && addr - start < length) {
+      uintptr_t page = addr & ~(static_cast<uintptr_t>(sysconf(_SC_PAGESIZE)) - 1);
+      void* r = mmap(reinterpret_cast<void*>(page), static_cast<size_t>(sysconf(_SC_PAGESIZE)),
+                     PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (r != MAP_FAILED) {
+        g_fault_count.fetch_add(1);
+        return;  // the access is retried on the zero page
+      }
+      break;
+    }
+  }
+  // Not ours: hand it to whoever was there before, or die as the default action does.
+  if (g_old_sigbus.sa_flags & SA_SIGINFO) {
+    if (g_old_sigbus.sa_sigaction) {
+      g_old_sigbus.sa_sigaction(sig, info, context);
+      return;
+    }
+  } else if (g_old_sigbus.sa_handler != SIG_DFL && g_old_sigbus.sa_handler != SIG_IGN) {
+    g_old_sigbus.sa_handler(sig);
+    return;
+  }
+  signal(SIGBUS, SIG_DFL);  // returning re-executes the access, which now kills the process
+}
+
+void InstallSigbusHandler() {
+  std::call_once(g_sigbus_once, [] {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &g_old_sigbus);
+  });
+}
+
+void NoopDeleter(void*, size_t, void*) {}
+
+// An Int32Array-sized SharedArrayBuffer over the fault counter: JS reads it with Atomics.load, no call.
+napi_value FaultCounter(napi_env, napi_callback_info) {
+  std::unique_ptr<v8::BackingStore> store =
+      v8::SharedArrayBuffer::NewBackingStore(&g_fault_count, sizeof g_fault_count, NoopDeleter, nullptr);
+  return FromV8(v8::SharedArrayBuffer::New(v8::Isolate::GetCurrent(), std::move(store)));
+}
+
 void UnmapDeleter(void* data, size_t length, void*) {
   MapRegistry& reg = Registry();
   std::lock_guard<std::mutex> lock(reg.mutex);
   uintptr_t addr = reinterpret_cast<uintptr_t>(data);
+  if (reg.live.count(addr) != 0) FaultUntrack(addr);
   reg.live.erase(addr);
   reg.released.erase(addr);
   // Under the lock: the address can only be handed out again once the registry forgot it.
@@ -767,6 +855,8 @@ napi_value Mmap(napi_env env, napi_callback_info info) {
     std::lock_guard<std::mutex> lock(reg.mutex);
     reg.live[reinterpret_cast<uintptr_t>(addr)] = length;
   }
+  InstallSigbusHandler();
+  FaultTrack(reinterpret_cast<uintptr_t>(addr), length);
   // From here the backing store owns the mapping: its deleter munmaps, whichever thread drops
   // the last reference (postMessage shares the store between isolates).
   std::unique_ptr<v8::BackingStore> store =
@@ -796,6 +886,7 @@ napi_value UnmapNow(napi_env env, napi_callback_info info) {
   void* r = mmap(store->Data(), it->second, PROT_READ | PROT_WRITE,
                  MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  FaultUntrack(addr);
   reg.live.erase(it);
   reg.released.insert(addr);
   return Undefined(env);
@@ -1074,6 +1165,7 @@ NAPI_MODULE_INIT() {
       FN("fallocate", Fallocate),
       FN("tapOpen", TapOpen),
       FN("openpty", OpenPty),
+      FN("faultCounter", FaultCounter),
 #undef FN
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) {

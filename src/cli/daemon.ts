@@ -157,20 +157,21 @@ export async function runDaemon(values: CommonValues, spec: DaemonSpec): Promise
     reconnectDelayMs: intOption(values['reconnect-ms'], 'reconnect-ms', 1000, 1, 3_600_000),
     logger: log,
   });
-  server.listen();
-  spec.started?.(server, log);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info(`${signal}: shutting down`);
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
-      resolve();
-    };
-    const onInt = () => stop('SIGINT');
-    const onTerm = () => stop('SIGTERM');
-    process.on('SIGINT', onInt);
-    process.on('SIGTERM', onTerm);
-  });
+  // Signal handlers go in before the socket exists, so a SIGTERM at any point still removes it.
+  let stopRequested!: (signal: string) => void;
+  const stopped = new Promise<string>((resolve) => (stopRequested = resolve));
+  const onInt = () => stopRequested('SIGINT');
+  const onTerm = () => stopRequested('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  try {
+    server.listen();
+    spec.started?.(server, log);
+    log.info(`${await stopped}: shutting down`);
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+  }
   await server.close();
   await spec.stopping?.();
   return 0;

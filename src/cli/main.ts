@@ -8,6 +8,12 @@ type Command = (argv: string[]) => Promise<number>;
 
 const commands: Record<string, { run: () => Promise<Command>; about: string }> = {
   probe: { run: async () => probeMain, about: 'connect to a backend and print its features, queues and config' },
+  console: {
+    run: async () => (await import('./console.js')).consoleMain,
+    about: 'virtio-console: guest consoles and channels on this terminal, sockets, ptys or files',
+  },
+  net: { run: async () => (await import('./net.js')).netMain, about: 'virtio-net ports joined by a MAC-learning switch (TAP uplink)' },
+  blk: { run: async () => (await import('./blk.js')).blkMain, about: 'virtio-blk daemon: a raw image, memory or null disk' },
 };
 
 function usage(): string {

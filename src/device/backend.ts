@@ -212,7 +212,6 @@ export class DeviceBackend implements BackendHandler, VringOwner {
       throw new ProtocolError(`SET_MEM_TABLE: ${regions.length} regions over the limit of ${this.memory.maxRegions}`);
     }
     const mapped = this.#mapAll(regions, fds);
-    for (const fd of fds) closeQuietly(fd);
     // Requests in flight use views of the old table; let them finish before it goes.
     await this.#quiesce();
     let old: MemoryRegion[];
@@ -222,19 +221,21 @@ export class DeviceBackend implements BackendHandler, VringOwner {
       for (const m of mapped) m.release();
       throw new ProtocolError(`SET_MEM_TABLE: ${(err as Error).message}`);
     }
+    // The fds are ours only once we return normally (on a throw the connection closes them): close them here.
+    for (const fd of fds) closeQuietly(fd);
     for (const v of this.vrings) v.remap(this.memory);
     for (const r of old) r.release();
   }
 
   async addMemRegion(region: RegionDescription, fd: number): Promise<void> {
     const [mapped] = this.#mapAll([region], [fd]);
-    closeQuietly(fd);
     try {
       this.memory.add(mapped!);
     } catch (err) {
       mapped!.release();
       throw new ProtocolError(`ADD_MEM_REG: ${(err as Error).message}`);
     }
+    closeQuietly(fd);
     for (const v of this.vrings) v.remap(this.memory);
   }
 

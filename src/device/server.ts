@@ -20,6 +20,7 @@ export class DeviceServer extends EventEmitter {
   readonly endpoint: Endpoint;
   readonly #log: Logger;
   #backend: DeviceBackend | undefined;
+  #previous: DeviceBackend | undefined;
   #idle: Promise<void> = Promise.resolve();
 
   constructor(device: VirtioDevice, options: DeviceServerOptions) {
@@ -29,6 +30,8 @@ export class DeviceServer extends EventEmitter {
     this.endpoint = new Endpoint({ ...options, logger: this.#log }, (connection) => {
       // A new frontend waits until the previous one's cleanup (ring drain, device reset) is finished.
       const previous = this.#idle;
+      const pending = this.#previous?.vrings.reduce((n, v) => n + v.inflightCount, 0) ?? 0;
+      if (pending > 0) this.#log.info(`new frontend waits for ${pending} request(s) of the previous one to complete`);
       let done!: () => void;
       this.#idle = new Promise((resolve) => (done = resolve));
       const backend = new DeviceBackend(device, this.#log.child(connection.name), (reason) => {
@@ -37,6 +40,7 @@ export class DeviceServer extends EventEmitter {
         this.emit('disconnect', reason);
       });
       this.#backend = backend;
+      this.#previous = backend;
       void previous.then(() => {
         new BackendConnection(connection, backend, this.#log.child(connection.name));
         this.emit('connect', backend);

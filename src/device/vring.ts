@@ -9,6 +9,9 @@ import { SplitQueue } from '../virtqueue/split-queue.js';
 import type { InflightQueue } from '../virtqueue/inflight.js';
 import type { Logger } from '../util/log.js';
 
+/** SIGBUS faults contained in guest-memory mappings, process-wide (see the addon's faultCounter). */
+const faultCounter = new Int32Array(native.faultCounter());
+
 /** Ring addresses in the frontend's virtual address space. */
 export interface RingAddresses {
   desc: number;
@@ -287,17 +290,25 @@ export class Vring {
     this.#owner.broken(this, error);
   }
 
-  /** Run `fn` as one processing pass: completions inside it are flushed once at the end. */
+  /**
+   * Run `fn` as one processing pass: completions inside it are flushed once at the end. A guest-memory fault
+   * contained during the pass (the frontend shrank a region's file) fails the ring.
+   */
   batch(fn: () => void): void {
     if (this.#processing) {
       fn();
       return;
     }
     this.#processing = true;
+    const faults = Atomics.load(faultCounter, 0);
     try {
       fn();
     } finally {
       this.#processing = false;
+      if (Atomics.load(faultCounter, 0) !== faults) {
+        this.fail(new Error('guest memory vanished under a request (the frontend truncated a memory region\'s file); ' +
+          'the pages now read as zeros'));
+      }
       this.flush();
     }
   }

@@ -96,6 +96,12 @@ export interface NativeBinding {
    * non-blocking. Returns the fd and the kernel's name for the interface.
    */
   tapOpen(name: string, vnetHdr: boolean): { fd: number; name: string };
+  /**
+   * The process-wide count of SIGBUS faults contained in our mappings (a frontend shrank a region's file): a
+   * 4-byte SharedArrayBuffer to read with `Atomics.load(new Int32Array(sab), 0)`. Each fault's page was replaced
+   * by a zero page.
+   */
+  faultCounter(): SharedArrayBuffer;
   /** openpty(3): the controller (non-blocking) and terminal fds and the terminal's path. */
   openpty(): { controller: number; terminal: number; path: string };
 }

@@ -2,7 +2,8 @@
  * Where a backend meets its frontend: a listening socket (created at a path, or adopted from an inherited fd
  * for socket activation), or an outgoing connection that is re-made whenever it drops (client mode).
  *
- * One frontend at a time: while one is connected, another that connects is refused (accepted, logged, closed).
+ * One frontend at a time: while one is connected, another that connects is refused (accepted, logged, closed)
+ * unless the first goes away within {@link WAITING_GRACE_MS}, as it does when a frontend reconnects.
  */
 import fs from 'node:fs';
 import { native, closeQuietly, isSystemError, Readiness, type FdWatcher } from '../native/index.js';
@@ -24,6 +25,9 @@ export interface EndpointOptions {
   logger?: Logger;
 }
 
+/** How long a frontend that connects while another is active waits for that one to go before being refused. */
+export const WAITING_GRACE_MS = 500;
+
 /** Called for each frontend that connects; the callee starts the connection. */
 export type ConnectionCallback = (connection: Connection) => void;
 
@@ -39,6 +43,7 @@ export class Endpoint {
   #closed = false;
   #retry: NodeJS.Timeout | undefined;
   #connections = 0;
+  #waiting: { fd: number; timer: NodeJS.Timeout } | undefined;
 
   constructor(options: EndpointOptions, onConnection: ConnectionCallback) {
     const given = Number(options.socketPath !== undefined) + Number(options.socketFd !== undefined);
@@ -82,6 +87,11 @@ export class Endpoint {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#retry) clearTimeout(this.#retry);
+    if (this.#waiting) {
+      clearTimeout(this.#waiting.timer);
+      closeQuietly(this.#waiting.fd);
+      this.#waiting = undefined;
+    }
     this.#watcher?.close();
     if (this.#listenFd >= 0) closeQuietly(this.#listenFd);
     this.#listenFd = -1;
@@ -158,13 +168,29 @@ export class Endpoint {
         return;
       }
       if (fd < 0) return;
-      if (this.#active) {
-        this.#log.warn('refusing a second frontend: one is already connected to this socket');
-        closeQuietly(fd);
+      if (!this.#active) {
+        this.#adopt(fd);
         continue;
       }
-      this.#adopt(fd);
+      if (this.#waiting === undefined) {
+        // The active frontend may be going away (a reconnect races its hang-up): give it a moment before refusing.
+        const waiting = { fd, timer: setTimeout(() => this.#refuseWaiting(), WAITING_GRACE_MS) };
+        this.#waiting = waiting;
+        continue;
+      }
+      this.#refuse(fd);
     }
+  }
+
+  #refuse(fd: number): void {
+    this.#log.warn('refusing a second frontend: one is already connected to this socket');
+    closeQuietly(fd);
+  }
+
+  #refuseWaiting(): void {
+    const waiting = this.#waiting;
+    this.#waiting = undefined;
+    if (waiting) this.#refuse(waiting.fd);
   }
 
   #adopt(fd: number): void {
@@ -173,6 +199,13 @@ export class Endpoint {
     this.#active = connection;
     connection.onClose(() => {
       if (this.#active === connection) this.#active = undefined;
+      const waiting = this.#waiting;
+      if (waiting && !this.#closed) {
+        this.#waiting = undefined;
+        clearTimeout(waiting.timer);
+        this.#adopt(waiting.fd);
+        return;
+      }
       if (this.#options.client && !this.#closed) this.#scheduleConnect();
     });
     this.#log.info(`frontend connected (${connection.name})`);

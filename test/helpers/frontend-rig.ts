@@ -90,6 +90,8 @@ export interface AttachOptions {
   errFd?: number;
   /** Send SET_VRING_KICK (default true). */
   kick?: boolean;
+  /** Frontend-virtual address of a guest-physical one (default `ram.userAddrOf`). */
+  vaOf?: (gpa: number) => number;
 }
 
 /** SET_VRING_NUM/BASE/ADDR/CALL(/ERR)/KICK(/ENABLE) for an already laid-out ring. */
@@ -98,10 +100,11 @@ export async function attachQueue(f: FrontendConnection, ram: GuestRam, index: n
   const kickFd = native.eventfd(0);
   const callFd = native.eventfd(0);
   const a = queue.addresses;
+  const va = options.vaOf ?? ((gpa: number) => ram.userAddrOf(gpa));
   await f.setVringNum(index, queue.size);
   await f.setVringBase(index, options.base ?? 0);
   await f.setVringAddr({
-    index, flags: 0, log: 0, desc: ram.userAddrOf(a.desc), avail: ram.userAddrOf(a.avail), used: ram.userAddrOf(a.used),
+    index, flags: 0, log: 0, desc: va(a.desc), avail: va(a.avail), used: va(a.used),
   });
   await f.setVringCall(index, callFd);
   if (options.errFd !== undefined) await f.setVringErr(index, options.errFd);

@@ -268,13 +268,14 @@ test('parser over a real socketpair: surplus fds are closed on every path', () =
   assert.equal(openFdCount(), before);
 });
 
-test('parser over a real socketpair: byte-at-a-time arrival', async () => {
-  const [a, b] = native.socketPair();
+test('parser over a real socketpair: byte-at-a-time arrival', () => {
+  let [a, b] = native.socketPair();
   const memfd = native.memfdCreate('codec-test', 4096);
   try {
     const wire = frame({ request: 37, payload: new Uint8Array(40).fill(1) });
     const p = new MessageParser({ closeFd: closeQuietly });
-    const receive: Receive = (buf, maxFds) => native.recvMsg(b, buf, maxFds);
+    const sock = b;
+    const receive: Receive = (buf, maxFds) => native.recvMsg(sock, buf, maxFds);
     let got: Message | typeof EOF | null = null;
     for (let i = 0; i < wire.length; i++) {
       assert.equal(got, null);
@@ -286,10 +287,12 @@ test('parser over a real socketpair: byte-at-a-time arrival', async () => {
     assert.equal(native.fstat(m.fds[0]!).size, 4096, 'the received fd is the memfd');
     closeQuietly(m.fds[0]!);
     native.close(a);
+    a = -1;
     assert.equal(p.next(receive), EOF);
   } finally {
     closeQuietly(memfd);
     closeQuietly(a);
     closeQuietly(b);
+    b = -1;
   }
 });

@@ -1,0 +1,113 @@
+/**
+ * A RAM disk: the bytes live in this process and are gone when it exits. Every operation completes
+ * synchronously, with one copy between the caller's views and the disk.
+ */
+import {
+  closedError, rangeError, readOnlyError, totalLength, type BlockStorage, type IoCallback, type StorageKind,
+} from './storage.js';
+
+/** Bytes per backing chunk: large disks are several buffers (one Buffer is limited to 4 GiB on Node 20). */
+const CHUNK_SHIFT = 30;
+const CHUNK_SIZE = 2 ** CHUNK_SHIFT;
+
+/** Options for {@link MemoryStorage}. */
+export interface MemoryStorageOptions {
+  /** Size in bytes (a positive safe integer). */
+  size: number;
+  readOnly?: boolean;
+}
+
+/** A disk held in memory, zero-filled at start. Pages are only committed by the OS as they are written. */
+export class MemoryStorage implements BlockStorage {
+  readonly kind: StorageKind = 'memory';
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly canUnmap = false;
+  readonly description: string;
+  #chunks: Buffer[] | null;
+
+  constructor(options: MemoryStorageOptions) {
+    const { size } = options;
+    if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`memory disk size ${size} is not a positive integer`);
+    this.size = size;
+    this.readOnly = options.readOnly ?? false;
+    this.#chunks = [];
+    // Buffer.alloc of a large size is calloc'ed: untouched pages cost nothing.
+    for (let at = 0; at < size; at += CHUNK_SIZE) this.#chunks.push(Buffer.alloc(Math.min(CHUNK_SIZE, size - at)));
+    this.description = `memory disk of ${size} bytes${this.readOnly ? ' (read-only)' : ''}`;
+  }
+
+  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+    const chunks = this.#chunks;
+    if (chunks === null) return done(closedError());
+    const err = rangeError(this.size, position, totalLength(buffers));
+    if (err) return done(err);
+    let pos = position;
+    for (let i = 0; i < buffers.length; i++) {
+      const dst = buffers[i]!;
+      let copied = 0;
+      while (copied < dst.byteLength) {
+        const chunk = chunks[Math.floor(pos / CHUNK_SIZE)]!;
+        const off = pos % CHUNK_SIZE;
+        const n = Math.min(dst.byteLength - copied, chunk.byteLength - off);
+        chunk.copy(dst, copied, off, off + n);
+        copied += n;
+        pos += n;
+      }
+    }
+    done(null);
+  }
+
+  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+    const chunks = this.#chunks;
+    if (chunks === null) return done(closedError());
+    if (this.readOnly) return done(readOnlyError());
+    const err = rangeError(this.size, position, totalLength(buffers));
+    if (err) return done(err);
+    let pos = position;
+    for (let i = 0; i < buffers.length; i++) {
+      const src = buffers[i]!;
+      let copied = 0;
+      while (copied < src.byteLength) {
+        const chunk = chunks[Math.floor(pos / CHUNK_SIZE)]!;
+        const off = pos % CHUNK_SIZE;
+        const n = Math.min(src.byteLength - copied, chunk.byteLength - off);
+        chunk.set(n === src.byteLength ? src : src.subarray(copied, copied + n), off);
+        copied += n;
+        pos += n;
+      }
+    }
+    done(null);
+  }
+
+  flush(done: IoCallback): void {
+    done(this.#chunks === null ? closedError() : null);
+  }
+
+  discard(position: number, length: number, done: IoCallback): void {
+    // RAM cannot be handed back page by page from a Buffer; zeroing keeps "reads as zeros" true.
+    this.writeZeroes(position, length, true, done);
+  }
+
+  writeZeroes(position: number, length: number, _unmap: boolean, done: IoCallback): void {
+    const chunks = this.#chunks;
+    if (chunks === null) return done(closedError());
+    if (this.readOnly) return done(readOnlyError());
+    const err = rangeError(this.size, position, length);
+    if (err) return done(err);
+    let pos = position;
+    const end = position + length;
+    while (pos < end) {
+      const chunk = chunks[Math.floor(pos / CHUNK_SIZE)]!;
+      const off = pos % CHUNK_SIZE;
+      const n = Math.min(end - pos, chunk.byteLength - off);
+      chunk.fill(0, off, off + n);
+      pos += n;
+    }
+    done(null);
+  }
+
+  async close(): Promise<void> {
+    this.#chunks = null;
+  }
+}

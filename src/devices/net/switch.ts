@@ -1,0 +1,189 @@
+/**
+ * A MAC-learning Ethernet switch joining ports (guest devices, a TAP uplink). It learns which port each source
+ * address lives behind, sends known unicast there, floods unknown unicast, broadcast and multicast to every other
+ * port, ages entries out, and forgets a port's addresses when the port goes away.
+ *
+ * Forwarding is synchronous: a port's `receive` either writes the frame into its endpoint now or drops it (and
+ * counts the drop). Nothing is queued, so a slow or stopped receiver never holds up a sender.
+ */
+import { formatMacKey, isMulticastAt, macKeyAt } from './mac.js';
+import type { Packet } from './packet.js';
+import { ETH_HLEN } from './header.js';
+
+/** Something the switch forwards to. */
+export interface SwitchPort {
+  /** For stats and logs. */
+  readonly name: string;
+  /** Take a frame now or drop it; never keep a reference to the packet after returning. */
+  receive(packet: Packet): void;
+}
+
+/** Options for {@link NetSwitch}. */
+export interface NetSwitchOptions {
+  /** Forget an address not seen for this long (ms, default 300 000). */
+  agingMs?: number;
+  /** Most learned addresses; beyond it new ones are flooded, not learned (default 8192). */
+  maxEntries?: number;
+  /** Time source in ms (default `performance.now`). */
+  clock?: () => number;
+  /** Run {@link NetSwitch.sweep} on a timer (default true). Tests turn it off and sweep by hand. */
+  autoSweep?: boolean;
+}
+
+interface MacEntry {
+  port: SwitchPort;
+  seen: number;
+}
+
+/** A learned address, as {@link NetSwitch.entries} lists it. */
+export interface MacTableEntry {
+  mac: string;
+  port: string;
+  ageMs: number;
+}
+
+/** Switch-wide counters. */
+export interface SwitchCounters {
+  /** Frames forwarded to one known port. */
+  unicast: number;
+  /** Frames flooded (unknown unicast, broadcast, multicast). */
+  flooded: number;
+  /** Frames whose known destination is the port they came from (dropped, as a switch does). */
+  hairpin: number;
+  /** Entries removed by aging. */
+  aged: number;
+  /** Source addresses not learned because the table was full. */
+  tableFull: number;
+}
+
+/** The switch. */
+export class NetSwitch {
+  readonly agingMs: number;
+  readonly maxEntries: number;
+  readonly counters: SwitchCounters = { unicast: 0, flooded: 0, hairpin: 0, aged: 0, tableFull: 0 };
+  readonly #clock: () => number;
+  readonly #table = new Map<number, MacEntry>();
+  #ports: SwitchPort[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  /** Coarse time used for learning, refreshed by every sweep: reading a clock per frame costs more than it gains. */
+  #now: number;
+
+  constructor(options: NetSwitchOptions = {}) {
+    this.agingMs = options.agingMs ?? 300_000;
+    if (!(this.agingMs > 0)) throw new RangeError(`agingMs must be positive, got ${this.agingMs}`);
+    this.maxEntries = options.maxEntries ?? 8192;
+    this.#clock = options.clock ?? (() => performance.now());
+    this.#now = this.#clock();
+    if (options.autoSweep ?? true) {
+      this.#timer = setInterval(() => this.sweep(), Math.max(10, Math.min(1000, this.agingMs / 4)));
+      this.#timer.unref();
+    }
+  }
+
+  /** The attached ports. */
+  get ports(): readonly SwitchPort[] {
+    return this.#ports;
+  }
+
+  /** Attach a port. */
+  addPort(port: SwitchPort): void {
+    if (!this.#ports.includes(port)) this.#ports = [...this.#ports, port];
+  }
+
+  /** Detach a port and forget its addresses. */
+  removePort(port: SwitchPort): void {
+    this.#ports = this.#ports.filter((p) => p !== port);
+    this.forget(port);
+  }
+
+  /** Forget every address learned on `port` (its endpoint went away). Returns how many. */
+  forget(port: SwitchPort): number {
+    let n = 0;
+    for (const [key, entry] of this.#table) {
+      if (entry.port === port) {
+        this.#table.delete(key);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Forget every learned address. */
+  flush(): void {
+    this.#table.clear();
+  }
+
+  /** The port an address (6 bytes) was learned on, if any. */
+  lookup(mac: Uint8Array): SwitchPort | undefined {
+    return this.#table.get(macKeyAt(mac, 0))?.port;
+  }
+
+  /** Learned addresses. */
+  entries(): MacTableEntry[] {
+    const now = this.#clock();
+    return [...this.#table].map(([key, e]) => ({ mac: formatMacKey(key), port: e.port.name, ageMs: Math.max(0, now - e.seen) }));
+  }
+
+  /** Drop entries older than {@link agingMs}; returns how many. Runs on a timer unless `autoSweep` is off. */
+  sweep(): number {
+    const now = (this.#now = this.#clock());
+    let n = 0;
+    for (const [key, entry] of this.#table) {
+      if (now - entry.seen > this.agingMs) {
+        this.#table.delete(key);
+        n++;
+      }
+    }
+    this.counters.aged += n;
+    return n;
+  }
+
+  /**
+   * Forward a frame that arrived on `from`: learn its source, then deliver it to the port its destination was
+   * learned on, or to every other port.
+   */
+  forward(from: SwitchPort, packet: Packet): void {
+    const b = packet.buffer;
+    if (packet.length < ETH_HLEN) return;
+    if (!isMulticastAt(b, 6)) this.#learn(macKeyAt(b, 6), from);
+    if (!isMulticastAt(b, 0)) {
+      const entry = this.#table.get(macKeyAt(b, 0));
+      if (entry !== undefined) {
+        if (entry.port === from) {
+          this.counters.hairpin++;
+          return;
+        }
+        this.counters.unicast++;
+        entry.port.receive(packet);
+        return;
+      }
+    }
+    this.counters.flooded++;
+    const ports = this.#ports;
+    for (let i = 0; i < ports.length; i++) {
+      const p = ports[i]!;
+      if (p !== from) p.receive(packet);
+    }
+  }
+
+  #learn(key: number, port: SwitchPort): void {
+    const entry = this.#table.get(key);
+    if (entry !== undefined) {
+      // A station that moved is re-learned on its new port at once.
+      entry.port = port;
+      entry.seen = this.#now;
+      return;
+    }
+    if (this.#table.size >= this.maxEntries) {
+      this.counters.tableFull++;
+      return;
+    }
+    this.#table.set(key, { port, seen: this.#now });
+  }
+
+  /** Stop the aging timer. */
+  close(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+}
