@@ -98,6 +98,7 @@ export async function blkMain(argv: string[]): Promise<number> {
 
   let storage: BlockStorage | undefined;
   let device: BlkDevice | undefined;
+  let logStats: (() => void) | undefined;
   const qemuArgs = (s: string) => blkQemuArgs(s, numQueues, v.client === true);
   return runDaemon(v, {
     name: 'blk',
@@ -116,8 +117,14 @@ export async function blkMain(argv: string[]): Promise<number> {
     },
     capabilities: { type: 'block', features: ['read-only', 'blk-file'] },
     qemuArgs,
-    started() {
+    started(_server, log) {
       const d = device!;
+      logStats = () => {
+        const s = d.stats;
+        log.info(`served ${s.requests} requests: ${s.reads} reads (${s.bytesRead} bytes), ${s.writes} writes ` +
+          `(${s.bytesWritten} bytes), ${s.flushes} flushes, ${s.discards} discards, ${s.writeZeroes} write-zeroes, ` +
+          `${s.errors} IOERR, ${s.unsupported} UNSUPP; per queue [${s.perQueue.join(', ')}]`);
+      };
       const where = v.client ? `connecting to ${socketPath}` : socketPath ? `listening on ${socketPath}` : `on fd ${v['socket-fd']}`;
       process.stdout.write(
         `vhost-user blk: ${d.storage.description}, ${numQueues} queue${numQueues > 1 ? 's' : ''}, ` +
@@ -126,6 +133,7 @@ export async function blkMain(argv: string[]): Promise<number> {
         `Attach QEMU with:\n${formatQemu(qemuArgs(socketPath ?? '/path/to/socket'))}\n`);
     },
     async stopping() {
+      logStats?.();
       await storage?.close();
     },
   });

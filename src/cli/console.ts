@@ -9,7 +9,7 @@ import { ConsoleDevice } from '../devices/console/device.js';
 import { MAX_PORTS, queueCount, CONFIG_SIZE } from '../devices/console/protocol.js';
 import { bindFile, bindPty, bindStdio, bindUnix, type Binding } from '../devices/console/bindings.js';
 import { DeviceId } from '../virtio/constants.js';
-import { LogLevel, logger, setLogLevel, setLogSink, type LogLevelName, type Logger } from '../util/log.js';
+import { LogLevel, logger, setLogLevel, type LogLevelName, type Logger } from '../util/log.js';
 import {
   UsageError, commonHelp, formatQemu, intOption, parseDaemonArgs, qemuMemoryArgs, runDaemon, type CommonValues,
 } from './daemon.js';
@@ -41,7 +41,7 @@ Console options:
                         unix:PATH    a Unix socket clients attach to (e.g. socat -,raw,echo=0 UNIX-CONNECT:PATH);
                                      one client at a time, further ones are refused while it stays; the guest
                                      sees the port open (PORT_OPEN) only while a client is attached
-                        pty          a new pseudo-terminal; its path is printed (needs the addon's openpty)
+                        pty          a new pseudo-terminal in raw mode; its path is printed
                         file:PATH    append what the guest writes to a file
                       PATH runs to the end of SPEC and may contain commas.
                       'console' marks a port other than 0 as a console (hvc) too.
@@ -134,13 +134,9 @@ class Ports {
     switch (spec.binding.kind) {
       case 'stdio': {
         this.#stdioTaken = true;
-        const raw = process.stdin.isTTY === true;
-        if (raw) {
-          // Raw mode: the terminal no longer turns \n into \r\n for our log lines.
-          setLogSink((line) => process.stderr.write(line + '\r\n'));
-          process.on('exit', () => process.stdin.setRawMode?.(false));
-        }
-        process.stderr.write(`vhost-user console: port ${spec.id} on this terminal; escape character is ^]\r\n`);
+        // Leave the terminal usable however the process ends.
+        if (process.stdin.isTTY === true) process.on('exit', () => process.stdin.setRawMode?.(false));
+        process.stderr.write(`vhost-user console: port ${spec.id} on this terminal; escape character is ^]\n`);
         const b = bindStdio(port, { onEscape: () => process.kill(process.pid, 'SIGTERM') });
         return {
           description: b.description,

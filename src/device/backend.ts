@@ -291,7 +291,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     }
     if (v.started) throw new ProtocolError(`SET_VRING_KICK: queue ${index} is already running`);
     if (this.#inflight && !v.inflight) v.inflight = this.#inflightQueue(index);
-    v.start(fd, this.memory);
+    v.start(fd, this.memory, this.device.maxChainLength);
     if (!v.started) return;
     this.device.ringStarted?.(v);
     // Buffers made available before the kick fd existed, or left in flight by a previous backend.

@@ -21,6 +21,11 @@ export interface VirtioDevice {
    * CONFIGURE_MEM_SLOTS, STATUS). CONFIG is added when {@link readConfig} exists.
    */
   readonly protocolFeatures?: bigint;
+  /**
+   * Most buffers one chain may have (direct plus indirect). Default: the ring size. Drivers such as Linux put
+   * up to seg_max + 2 buffers in an indirect table even on a smaller ring.
+   */
+  readonly maxChainLength?: number;
   /** Track inflight requests in shared memory (INFLIGHT_SHMFD) so they survive a backend restart. */
   readonly inflightTracking?: boolean;
 

@@ -105,7 +105,7 @@ export class Vring {
    * Ring-setup problems (addresses outside memory, misalignment) mark the ring broken rather than throwing:
    * they come from the guest.
    */
-  start(kickFd: number, memory: GuestMemory): void {
+  start(kickFd: number, memory: GuestMemory, maxChainLength?: number): void {
     this.stopWatching();
     closeQuietly(this.#kickFd);
     this.#kickFd = kickFd;
@@ -119,6 +119,8 @@ export class Vring {
       // Features first: with EVENT_IDX the rings must have room for the event fields.
       queue.eventIdx = this.eventIdx;
       queue.indirect = this.indirect;
+      // Set before any chain is walked, including chains recovered from the inflight area below.
+      if (maxChainLength !== undefined && maxChainLength > queue.maxChainLength) queue.maxChainLength = maxChainLength;
       queue.configure(memory, this.addresses);
     } catch (err) {
       this.fail(err as Error);

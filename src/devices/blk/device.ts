@@ -158,6 +158,14 @@ class BlkRequest {
       }
     } catch (e) {
       this.#device.internalError(e as Error);
+      // Still complete the chain if we can: a chain left in flight would stall the ring's stop forever.
+      const vring = this.vring;
+      const chain = this.chain;
+      if (vring && chain) {
+        this.vring = null;
+        this.chain = null;
+        vring.complete(chain, 0);
+      }
     }
   }
 
@@ -189,6 +197,8 @@ export class BlkDevice implements VirtioDevice {
   /** Capacity in 512-byte sectors. */
   readonly capacity: number;
   readonly segMax: number;
+  /** Linux sends up to seg_max + 2 buffers per request, through an indirect table even on a smaller ring. */
+  readonly maxChainLength: number;
   readonly sizeMax: number;
   readonly maxDiscardSectors: number;
   readonly maxDiscardSeg: number;
@@ -231,6 +241,7 @@ export class BlkDevice implements VirtioDevice {
       this.#log.warn(`storage size ${storage.size} is not a multiple of the ${blockSize}-byte block size; the tail is unusable`);
     }
     this.segMax = positiveInt(options.segMax, 126, 'segMax');
+    this.maxChainLength = this.segMax + 2;
     this.sizeMax = positiveInt(options.sizeMax, 1 << 20, 'sizeMax');
     this.maxDiscardSectors = positiveInt(options.maxDiscardSectors, 32768, 'maxDiscardSectors', 0x7fffff);
     this.maxDiscardSeg = positiveInt(options.maxDiscardSeg, 16, 'maxDiscardSeg', 4096);
@@ -306,14 +317,6 @@ export class BlkDevice implements VirtioDevice {
     if (hasFeature(features, BlkFeature.CONFIG_WCE) && !hasFeature(features, BlkFeature.FLUSH)) this.#writeback = false;
   }
 
-  /**
-   * Linux sends up to seg_max + 2 buffers per request, through an indirect table even when the ring is smaller;
-   * let such chains reach us (the walker's default cap is the ring size) so the limit check here decides.
-   */
-  ringStarted(vring: Vring): void {
-    const q = vring.queue;
-    if (q && q.maxChainLength < this.segMax + 2) q.maxChainLength = this.segMax + 2;
-  }
 
   reset(): void {
     this.#negotiated = 0n;

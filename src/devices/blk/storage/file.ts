@@ -3,9 +3,9 @@
  * between the caller's views and the file with `preadv`/`pwritev` on libuv's thread pool, no copy in between;
  * flush is `fdatasync`.
  *
- * Discard and write-zeroes want `fallocate(2)` (PUNCH_HOLE, ZERO_RANGE), which Node does not expose. When the
- * native addon provides `fallocate(fd, mode, offset, length)` it is used (found at run time, or passed in the
- * options); without it both write zeros, which keeps "reads back as zeros" true but allocates the range.
+ * Discard and write-zeroes use `fallocate(2)` from the native addon (Node has none): PUNCH_HOLE for discard and
+ * unmapping write-zeroes, ZERO_RANGE otherwise. Where the filesystem lacks a mode (EOPNOTSUPP; tmpfs has no
+ * ZERO_RANGE) they write zeros instead, which keeps "reads back as zeros" true but allocates the range.
  */
 import fs from 'node:fs';
 import { native } from '../../../native/index.js';
@@ -32,19 +32,10 @@ export interface FileStorageOptions {
    * Without it the image must exist.
    */
   size?: number;
-  /**
-   * How to punch holes and zero ranges: the native addon's `fallocate` when it has one (the default), a function
-   * of your own, or `null` to always write zeros.
-   */
+  /** How to punch holes and zero ranges: the native addon's `fallocate` (default), another, or `null` to write zeros. */
   fallocate?: FallocateFn | null;
   /** Permission bits of a created image (default 0o644, less the umask). */
   mode?: number;
-}
-
-/** The addon's fallocate, if this build has one (it is not part of the addon's interface yet). */
-function nativeFallocate(): FallocateFn | null {
-  const fn = (native as unknown as { fallocate?: unknown }).fallocate;
-  return typeof fn === 'function' ? (fn.bind(native) as FallocateFn) : null;
 }
 
 /** Zeros written per iovec entry by the write-zeros fallback, and entries per pwritev. */
@@ -176,7 +167,7 @@ export class FileStorage implements BlockStorage {
       else throw new Error(`${path} is neither a regular file nor a block device`);
       if (size === 0) throw new Error(`${path} is empty`);
       if (want !== undefined && size !== want) throw new Error(`${path} has ${size} bytes, not the ${want} asked for`);
-      const fallocate = options.fallocate === undefined ? nativeFallocate() : options.fallocate;
+      const fallocate = options.fallocate === undefined ? native.fallocate.bind(native) : options.fallocate;
       return new FileStorage(path, fd, size, readOnly, created, st.isBlockDevice(), fallocate);
     } catch (err) {
       fs.closeSync(fd);

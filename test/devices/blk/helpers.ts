@@ -1,0 +1,241 @@
+/**
+ * Test helpers for virtio-blk: a device served on a temporary socket, and a small block driver on top of our
+ * frontend (VirtioDriver) that builds requests in its guest RAM.
+ */
+import path from 'node:path';
+import { DeviceServer } from '../../../src/device/server.js';
+import { VirtioDriver, type BufferRef } from '../../../src/driver/driver.js';
+import { BlkDevice, type BlkDeviceOptions } from '../../../src/devices/blk/device.js';
+import { BlkRequestType, encodeHeader, encodeSegments, type BlkSegment } from '../../../src/devices/blk/request.js';
+import type { BlockStorage, IoCallback } from '../../../src/devices/blk/storage/storage.js';
+import { decodeBlkConfig } from '../../../src/virtio/config.js';
+import { tempDir } from '../../helpers/tmp.js';
+
+/** What a request came back with. `status` is -1 when the device did not write the status byte. */
+export interface Reply {
+  status: number;
+  len: number;
+}
+
+/** Value the status byte is primed with, to see whether the device wrote it. */
+const UNTOUCHED = 0xee;
+
+/** Options for {@link BlkClient.connect}. */
+export interface ClientOptions {
+  queues?: number;
+  queueSize?: number;
+  ramSize?: number;
+  /** Virtio features to accept (default: all offered). */
+  features?: bigint;
+}
+
+/** A virtio-blk driver for tests. */
+export class BlkClient {
+  readonly driver: VirtioDriver;
+
+  constructor(driver: VirtioDriver) {
+    this.driver = driver;
+  }
+
+  static async connect(socketPath: string, options: ClientOptions = {}): Promise<BlkClient> {
+    const driver = await VirtioDriver.connect({ socketPath, ramSize: options.ramSize ?? 96 * 1024 * 1024, features: options.features });
+    try {
+      await driver.startQueues(options.queues ?? 1, options.queueSize ?? 128);
+    } catch (err) {
+      driver.close();
+      throw err;
+    }
+    return new BlkClient(driver);
+  }
+
+  /** Copy bytes into fresh guest RAM. */
+  put(bytes: Uint8Array, align = 8): BufferRef {
+    const ref = this.alloc(bytes.byteLength, align);
+    this.view(ref).set(bytes);
+    return ref;
+  }
+
+  /** Fresh guest RAM, filled with `fill`. */
+  alloc(len: number, align = 512, fill = 0): BufferRef {
+    const ref = { addr: this.driver.ram.alloc(len, align), len };
+    this.view(ref).fill(fill);
+    return ref;
+  }
+
+  view(ref: BufferRef): Uint8Array {
+    return this.driver.ram.bytes(ref.addr, ref.len);
+  }
+
+  header(type: number, sector: number | bigint = 0): BufferRef {
+    return this.put(encodeHeader(type, sector));
+  }
+
+  statusBuffer(): BufferRef {
+    return this.alloc(1, 1, UNTOUCHED);
+  }
+
+  /**
+   * Submit a chain; the status is read from the last byte of the last writable buffer.
+   */
+  async submit(readable: BufferRef[], writable: BufferRef[], q = 0): Promise<Reply> {
+    const len = await this.driver.submit(q, readable, writable);
+    const last = writable[writable.length - 1];
+    let status = -1;
+    if (last) {
+      const b = this.driver.ram.bytes(last.addr + last.len - 1, 1)[0]!;
+      status = b === UNTOUCHED ? -1 : b;
+    }
+    return { status, len };
+  }
+
+  /** Read `len` bytes at `sector`, into `pieces` data buffers of equal size. */
+  async read(sector: number | bigint, len: number, options: { q?: number; pieces?: number; fill?: number } = {}):
+    Promise<Reply & { data: Uint8Array }> {
+    const pieces = options.pieces ?? 1;
+    const bufs: BufferRef[] = [];
+    for (let i = 0; i < pieces; i++) bufs.push(this.alloc(len / pieces, 512, options.fill ?? 0));
+    const reply = await this.submit([this.header(BlkRequestType.IN, sector)], [...bufs, this.statusBuffer()], options.q);
+    return { ...reply, data: Buffer.concat(bufs.map((b) => this.view(b))) };
+  }
+
+  /** Write `data` at `sector`, from `pieces` data buffers. */
+  async write(sector: number | bigint, data: Uint8Array, options: { q?: number; pieces?: number } = {}): Promise<Reply> {
+    const pieces = options.pieces ?? 1;
+    const size = data.byteLength / pieces;
+    const bufs: BufferRef[] = [];
+    for (let i = 0; i < pieces; i++) bufs.push(this.put(data.subarray(i * size, (i + 1) * size), 512));
+    return this.submit([this.header(BlkRequestType.OUT, sector), ...bufs], [this.statusBuffer()], options.q);
+  }
+
+  flush(q = 0): Promise<Reply> {
+    return this.submit([this.header(BlkRequestType.FLUSH)], [this.statusBuffer()], q);
+  }
+
+  async getId(idLen = 20, q = 0): Promise<Reply & { id: Uint8Array }> {
+    const id = this.alloc(idLen, 1, 0xaa);
+    const reply = await this.submit([this.header(BlkRequestType.GET_ID)], [id, this.statusBuffer()], q);
+    return { ...reply, id: Uint8Array.from(this.view(id)) };
+  }
+
+  discard(segments: BlkSegment[], q = 0): Promise<Reply> {
+    return this.submit([this.header(BlkRequestType.DISCARD), this.put(encodeSegments(segments))], [this.statusBuffer()], q);
+  }
+
+  writeZeroes(segments: BlkSegment[], q = 0): Promise<Reply> {
+    return this.submit([this.header(BlkRequestType.WRITE_ZEROES), this.put(encodeSegments(segments))],
+      [this.statusBuffer()], q);
+  }
+
+  async config(): Promise<Record<string, number | string | boolean>> {
+    return decodeBlkConfig(await this.driver.getConfig(0, 60));
+  }
+
+  close(): void {
+    this.driver.close();
+  }
+}
+
+/** A device on a temporary socket. */
+export interface BlkFixture {
+  socketPath: string;
+  dir: string;
+  device: BlkDevice;
+  server: DeviceServer;
+  connect(options?: ClientOptions): Promise<BlkClient>;
+}
+
+/** Serve a BlkDevice on a temporary socket for the duration of `fn`; clients it connected are closed after. */
+export async function withBlk(options: BlkDeviceOptions, fn: (f: BlkFixture) => Promise<void>,
+  dirFixture?: { dir: string }): Promise<void> {
+  const tmp = dirFixture ? { dir: dirFixture.dir, cleanup: () => undefined } : tempDir('vhost-user-blk-');
+  const socketPath = path.join(tmp.dir, 'blk.sock');
+  const device = new BlkDevice(options);
+  const server = new DeviceServer(device, { socketPath }).listen();
+  const clients: BlkClient[] = [];
+  try {
+    await fn({
+      socketPath, dir: tmp.dir, device, server,
+      async connect(o) {
+        const c = await BlkClient.connect(socketPath, o);
+        clients.push(c);
+        return c;
+      },
+    });
+  } finally {
+    for (const c of clients) c.close();
+    await server.close();
+    tmp.cleanup();
+  }
+}
+
+/** Bytes of a repeating pattern that differs per `seed`. */
+export function pattern(len: number, seed: number): Uint8Array {
+  const out = new Uint8Array(len);
+  for (let i = 0; i < len; i++) out[i] = (i * 31 + seed * 17 + (i >> 9)) & 0xff;
+  return out;
+}
+
+/**
+ * A storage wrapper that records the calls it passes on and can hold flushes until the test releases them.
+ */
+export class SpyStorage implements BlockStorage {
+  readonly inner: BlockStorage;
+  readonly calls: string[] = [];
+  holdFlushes = false;
+  readonly #held: (() => void)[] = [];
+
+  constructor(inner: BlockStorage) {
+    this.inner = inner;
+  }
+
+  get kind() { return this.inner.kind; }
+  get size() { return this.inner.size; }
+  get readOnly() { return this.inner.readOnly; }
+  get canUnmap() { return this.inner.canUnmap; }
+  get description() { return `spy on ${this.inner.description}`; }
+
+  /** Flushes waiting to be released. */
+  get heldFlushes(): number {
+    return this.#held.length;
+  }
+
+  /** Let the held flushes proceed. */
+  releaseFlushes(): void {
+    const held = this.#held.splice(0);
+    for (const go of held) go();
+  }
+
+  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+    this.calls.push(`read ${position}`);
+    this.inner.read(buffers, position, done);
+  }
+
+  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+    this.calls.push(`write ${position}`);
+    this.inner.write(buffers, position, done);
+  }
+
+  flush(done: IoCallback): void {
+    this.calls.push('flush');
+    const go = () => this.inner.flush((err) => {
+      this.calls.push('flushed');
+      done(err);
+    });
+    if (this.holdFlushes) this.#held.push(go);
+    else go();
+  }
+
+  discard(position: number, length: number, done: IoCallback): void {
+    this.calls.push(`discard ${position}+${length}`);
+    this.inner.discard(position, length, done);
+  }
+
+  writeZeroes(position: number, length: number, unmap: boolean, done: IoCallback): void {
+    this.calls.push(`write-zeroes ${position}+${length}${unmap ? ' unmap' : ''}`);
+    this.inner.writeZeroes(position, length, unmap, done);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
