@@ -416,6 +416,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
 
   setStatus(status: number): void {
     this.#status = status & ~DeviceStatus.NEEDS_RESET | (this.#status & DeviceStatus.NEEDS_RESET);
+    this.device.statusChanged?.(status);
   }
 
   getStatus(): number {

@@ -57,6 +57,9 @@ export interface VirtioDevice {
   /** A ring was enabled or disabled. */
   ringEnableChanged?(vring: Vring): void;
 
+  /** The driver wrote the status byte (SET_STATUS); 0 means the driver reset the device. */
+  statusChanged?(status: number): void;
+
   /** The frontend went away or reset the device: forget per-connection state. Storage stays. */
   reset?(): void | Promise<void>;
 }

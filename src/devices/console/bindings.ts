@@ -3,6 +3,7 @@
  * pseudo-terminal, or a log file. Every binding keeps the port's back-pressure (pipes, no unbounded buffers).
  */
 import fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import tty from 'node:tty';
 import { Transform, type Readable, type Writable } from 'node:stream';
@@ -187,10 +188,10 @@ export async function bindFile(port: ConsolePort, path: string): Promise<Binding
   };
 }
 
-/** A pseudo-terminal pair: our end (master), the end programs open (slave) and its path. */
+/** A pseudo-terminal pair: our end (controller), the end programs open (terminal) and the terminal's path. */
 export interface PtyPair {
-  master: number;
-  slave: number;
+  controller: number;
+  terminal: number;
   path: string;
 }
 
@@ -198,12 +199,18 @@ export interface PtyPair {
 export type PtyOpener = () => PtyPair;
 
 /**
- * The native `openpty`, when the addon has it. Node cannot open a pty on its own: unlocking the slave and
- * learning its number take ioctls (TIOCSPTLCK, TIOCGPTN).
+ * The addon's `openpty`, if this build has it. (Node cannot open a pty by itself: unlocking the terminal end and
+ * learning its number take ioctls.)
  */
 export function nativeOpenpty(): PtyOpener | undefined {
-  const fn = (native as unknown as { openpty?: () => PtyPair }).openpty;
-  return typeof fn === 'function' ? () => fn.call(native) : undefined;
+  const binding = native as Partial<Pick<typeof native, 'openpty'>>;
+  return typeof binding.openpty === 'function' ? () => native.openpty() : undefined;
+}
+
+/** `stty raw -echo` on a terminal (fully raw, output processing off too); false when stty is not there. */
+function makeRaw(path: string): boolean {
+  const r = spawnSync('stty', ['-F', path, 'raw', '-echo'], { stdio: 'ignore', timeout: 5000 });
+  return r.status === 0;
 }
 
 /** Options for {@link bindPty}. */
@@ -213,8 +220,9 @@ export interface PtyOptions {
 }
 
 /**
- * Bind a port to a new pseudo-terminal; `description` is `pty:PATH` (e.g. `screen /dev/pts/3`). The slave stays
- * open here as well, so programs can come and go without the master seeing a hang-up; the line is in raw mode.
+ * Bind a port to a new pseudo-terminal; `description` is `pty:PATH` (e.g. `screen /dev/pts/3`). The terminal end
+ * stays open here as well, so programs can come and go without the controller seeing a hang-up (EIO); the line
+ * is in raw mode.
  * @throws Error when no pty opener is available.
  */
 export async function bindPty(port: ConsolePort, options: PtyOptions = {}): Promise<Binding> {
@@ -223,17 +231,19 @@ export async function bindPty(port: ConsolePort, options: PtyOptions = {}): Prom
   const pair = open();
   let stream: net.Socket;
   try {
-    if (tty.isatty(pair.master)) {
-      const t = new tty.ReadStream(pair.master);
-      // On Linux terminal settings made through the master apply to the line: no echo, no line editing.
+    if (tty.isatty(pair.controller)) {
+      const t = new tty.ReadStream(pair.controller);
+      // On Linux, terminal settings made through the controller apply to the line: no echo, no line editing,
+      // no signals. libuv's raw mode keeps output \n -> \r\n, which stty turns off when it is there.
       t.setRawMode(true);
+      makeRaw(pair.path);
       stream = t;
     } else {
-      stream = new net.Socket({ fd: pair.master, readable: true, writable: true });
+      stream = new net.Socket({ fd: pair.controller, readable: true, writable: true });
     }
   } catch (err) {
-    closeQuietly(pair.master);
-    closeQuietly(pair.slave);
+    closeQuietly(pair.controller);
+    closeQuietly(pair.terminal);
     throw err;
   }
   stream.on('error', () => { /* EIO after close; the port stays */ });
@@ -246,7 +256,7 @@ export async function bindPty(port: ConsolePort, options: PtyOptions = {}): Prom
       port.unpipe(stream);
       stream.unpipe(port);
       stream.destroy();
-      closeQuietly(pair.slave);
+      closeQuietly(pair.terminal);
     },
   };
 }

@@ -12,7 +12,6 @@ import { EventEmitter } from 'node:events';
 import type { ConfigChangeNotifier, VirtioDevice } from '../../device/device.js';
 import type { Vring } from '../../device/vring.js';
 import { RequestRejected } from '../../protocol/backend.js';
-import type { DescriptorChain } from '../../virtqueue/chain.js';
 import { ConsoleFeature, DeviceId, featureMask, hasFeature } from '../../virtio/constants.js';
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { ControlOutbox } from './control-queue.js';
@@ -54,15 +53,14 @@ export interface ConsoleDeviceStats {
   emergencyChars: number;
 }
 
-/** Largest piece of a guest transmit buffer copied at once: a slow reader holds at most this much extra. */
-const TX_PIECE = 64 * 1024;
+/**
+ * Largest transmit buffer taken (Linux sends at most 32 KiB at a time). Buffers are copied whole and returned at
+ * once, never held while the reader is slow: a held buffer would stall GET_VRING_BASE and SET_MEM_TABLE, which
+ * wait for every popped buffer. So a slow reader has at most one buffer's worth on top of its stream buffer.
+ */
+export const MAX_TX_BUFFER = 1024 * 1024;
 /** Warnings about driver nonsense logged per connection before they go to debug level. */
 const WARN_LIMIT = 50;
-
-interface HeldChain {
-  chain: DescriptorChain;
-  offset: number;
-}
 
 /**
  * A virtio-console device. Events: `driver-ready` (DEVICE_READY), `driver-failed` (DEVICE_READY 0), `port-added`
@@ -85,7 +83,6 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
   readonly #announced = new Set<number>();
   /** Ports removed after the driver heard of them: its late messages about them are expected, not errors. */
   readonly #gone = new Set<number>();
-  readonly #held = new Map<number, HeldChain>();
   readonly #draining = new Set<number>();
   readonly #host: PortHost;
   #rings: (Vring | undefined)[] = [];
@@ -212,11 +209,6 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
         this.#gone.add(id);
       }
     }
-    const held = this.#held.get(id);
-    if (held) {
-      this.#held.delete(id);
-      this.#rings[txQueueOf(id)]?.complete(held.chain, 0);
-    }
     this.#log.debug(`port ${id} removed`);
     port.markRemoved();
     this.emit('port-removed', port);
@@ -279,18 +271,8 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
   }
 
   ringStopping(vring: Vring): void {
+    // Nothing is ever held popped, so the ring is idle at once.
     this.#rings[vring.index] = undefined;
-    const role = queueRole(vring.index);
-    if (role.kind !== 'tx') return;
-    const held = this.#held.get(role.port);
-    if (!held) return;
-    // The ring must drain: hand the rest of a partly read buffer to the reader regardless of its pace (bounded
-    // by one buffer of the guest's) rather than lose it.
-    this.#held.delete(role.port);
-    const rest = Buffer.allocUnsafe(held.chain.readableLength - held.offset);
-    held.chain.readInto(rest, held.offset);
-    vring.complete(held.chain, 0);
-    this.#ports.get(role.port)?.deliver(rest);
   }
 
   onAvailable(vring: Vring): void {
@@ -313,8 +295,6 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
   }
 
   reset(): void {
-    for (const [id, held] of this.#held) this.#rings[txQueueOf(id)]?.complete(held.chain, 0);
-    this.#held.clear();
     this.#rings = [];
     this.#negotiated = undefined;
     this.#driverReady = false;
@@ -569,29 +549,20 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
     this.#draining.add(id);
     try {
       ring.batch(() => {
-        while (!port.inputPaused) {
-          let held = this.#held.get(id);
-          if (!held) {
-            const chain = ring.pop();
-            if (!chain) return;
-            if (chain.readableLength === 0) {
-              ring.complete(chain, 0);
-              this.#ignore(`transmit buffer of port ${id} has no device-readable part`);
-              continue;
-            }
-            held = { chain, offset: 0 };
-          }
-          const { chain } = held;
-          const n = Math.min(TX_PIECE, chain.readableLength - held.offset);
-          const data = Buffer.allocUnsafe(n);
-          chain.readInto(data, held.offset);
-          held.offset += n;
-          if (held.offset >= chain.readableLength) {
-            this.#held.delete(id);
+        // A destroyed port's reader is gone for good: its data is thrown away rather than left to block the guest.
+        while (!port.inputPaused || port.destroyed) {
+          const chain = ring.pop();
+          if (!chain) return;
+          const n = chain.readableLength;
+          if (n === 0 || n > MAX_TX_BUFFER) {
             ring.complete(chain, 0);
-          } else {
-            this.#held.set(id, held);
+            this.#ignore(n === 0 ? `transmit buffer of port ${id} has no device-readable part`
+              : `transmit buffer of ${n} bytes on port ${id} (at most ${MAX_TX_BUFFER} taken) thrown away`);
+            continue;
           }
+          const data = Buffer.allocUnsafe(n);
+          chain.readInto(data);
+          ring.complete(chain, 0);
           port.deliver(data);
         }
       });
@@ -611,6 +582,9 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
     }
     if (chains === 0) return;
     this.stats.discardedBytes += bytes;
-    this.#ignore(`${bytes} bytes in ${chains} buffer(s) on the transmit queue of port ${id}, which does not exist`);
+    const what = `${bytes} bytes in ${chains} buffer(s) on the transmit queue of port ${id}`;
+    // Output racing a removal is expected; output for a port the driver was never told of is not.
+    if (this.#gone.has(id)) this.#log.debug(`${what}, which was removed: thrown away`);
+    else this.#ignore(`${what}, which does not exist`);
   }
 }

@@ -119,11 +119,6 @@ export class GuestPort extends Duplex {
     await this.#driver.sendControl(this.id, ControlEvent.PORT_OPEN, 0);
   }
 
-  /** Receive buffers not posted because this reader is full. */
-  get heldBuffers(): number {
-    return this.#rx.held.length;
-  }
-
   /** Receive buffers currently posted to the device. */
   get postedBuffers(): number {
     return this.#rx.posted.filter(Boolean).length;

@@ -197,16 +197,9 @@ export class ConsolePort extends Duplex {
     return this.#out.length > 0;
   }
 
-  /** @internal Bytes of output waiting for guest buffers. */
-  get pendingOutput(): number {
-    let n = -this.#outOffset;
-    for (const c of this.#out) n += c.byteLength;
-    return n;
-  }
-
   /** @internal Is the reader full (stop taking transmit buffers)? */
   get inputPaused(): boolean {
-    return this.#inputPaused || this.destroyed;
+    return this.#inputPaused;
   }
 
   /**

@@ -15,7 +15,7 @@ export const ControlEvent = {
   PORT_READY: 3,
   /** device -> driver: the port is a console (hvc). */
   CONSOLE_PORT: 4,
-  /** device -> driver: console size; a {cols, rows} u16 pair follows the header. */
+  /** device -> driver: console size; a {rows, cols} u16 pair follows the header (see {@link encodeResize}). */
   RESIZE: 5,
   /** both ways: the sender's end of the port is open (1) or closed (0). */
   PORT_OPEN: 6,
@@ -38,7 +38,7 @@ export const BAD_ID = 0xffff_ffff;
 /** Bytes of a control message header: `{id u32, event u16, value u16}`. */
 export const CONTROL_SIZE = 8;
 
-/** Bytes of the RESIZE payload: `{cols u16, rows u16}` (virtio 1.2 order). */
+/** Bytes of the RESIZE payload: two u16. */
 export const RESIZE_SIZE = 4;
 
 /** Most ports the device offers (max_nr_ports); QEMU's virtio-serial has the same limit. */
@@ -126,20 +126,24 @@ export function decodeControl(bytes: Uint8Array): ControlMessage | null {
   };
 }
 
-/** The RESIZE payload. */
+/**
+ * The RESIZE payload: rows first, then cols. The virtio spec (1.0-1.3) says cols first, but Linux has read rows
+ * first since 2010; a 2025 kernel change to follow the spec was reverted because 15 years of guests (Debian
+ * stable's among them) use this order, and QEMU follows Linux. (Config space is cols then rows everywhere.)
+ */
 export function encodeResize(cols: number, rows: number): Uint8Array {
   const out = new Uint8Array(RESIZE_SIZE);
   const v = new DataView(out.buffer);
-  v.setUint16(0, cols, true);
-  v.setUint16(2, rows, true);
+  v.setUint16(0, rows, true);
+  v.setUint16(2, cols, true);
   return out;
 }
 
-/** Decode a RESIZE payload (virtio 1.2 order: cols, rows); null when short. */
+/** Decode a RESIZE payload (rows, then cols: see {@link encodeResize}); null when short. */
 export function decodeResize(payload: Uint8Array): { cols: number; rows: number } | null {
   if (payload.byteLength < RESIZE_SIZE) return null;
   const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
-  return { cols: v.getUint16(0, true), rows: v.getUint16(2, true) };
+  return { rows: v.getUint16(0, true), cols: v.getUint16(2, true) };
 }
 
 /** Console config space as a driver reads it. */
