@@ -24,3 +24,10 @@ export { DriverQueue } from './virtqueue/driver-queue.js';
 export { ChainError, ChainErrorKind, QueueError } from './virtqueue/errors.js';
 export * from './virtio/constants.js';
 export { setLogLevel, setLogSink, logger } from './util/log.js';
+
+// Devices
+export { BlkDevice, type BlkDeviceOptions, type BlkStats, BlkRequestType, BlkStatus } from './devices/blk/index.js';
+export {
+  FileStorage, MemoryStorage, NullStorage, openStorage, type BlockStorage, type StorageSpec,
+} from './devices/blk/storage/index.js';
+export { ConsoleDevice, ConsolePort, ConsoleDriver, GuestPort, type ConsoleDeviceOptions } from './devices/console/index.js';
