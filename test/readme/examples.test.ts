@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { DeviceServer, VirtioDriver, ConsoleDevice, type VirtioDevice, type Vring, type DescriptorChain } from '../../src/index.js';
 import { ConsoleDriver } from '../../src/devices/console/index.js';
-import { tempDir } from '../helpers/tmp.js';
+import { tempDir, waitUntil } from '../helpers/tmp.js';
 
 class UpperCase implements VirtioDevice {
   readonly deviceId = 0x7f;
@@ -55,6 +55,8 @@ test('README: a console port as a stream', async () => {
     port.open();
     const line = await new Promise<string>((resolve) => port.once('data', (d: Buffer) => resolve(d.toString())));
     assert.equal(line, 'hello guest\n');
+    // The name travels on the control queue, the data on the port's own: either may come first.
+    await waitUntil(() => port.name !== undefined, 2000, 'the port name');
     assert.equal(port.name, 'org.example.agent');
     driver.close();
   } finally {
