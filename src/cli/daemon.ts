@@ -15,6 +15,7 @@ export const commonOptions = {
   client: { type: 'boolean' },
   'socket-mode': { type: 'string' },
   'reconnect-ms': { type: 'string' },
+  'poll-us': { type: 'string' },
   'print-capabilities': { type: 'boolean' },
   'print-qemu': { type: 'boolean' },
   'log-level': { type: 'string' },
@@ -27,6 +28,8 @@ export const commonHelp = `Common options:
   --client               connect to the frontend's socket instead of listening; reconnect when it drops
   --reconnect-ms MS      delay between connection attempts in client mode (default 1000)
   --socket-mode MODE     permission bits of the socket file, octal (default 0600)
+  --poll-us US           after a kick, poll the rings for US microseconds of idleness with kicks off
+                         (default 0: notifications only); trades CPU for fewer wake-ups
   --print-capabilities   print the backend's capabilities as JSON (vhost-user spec) and exit
   --print-qemu           print the QEMU arguments that attach this device and exit
   --log-level LEVEL      error, warn, info (default) or debug
@@ -40,6 +43,7 @@ export interface CommonValues {
   client?: boolean;
   'socket-mode'?: string;
   'reconnect-ms'?: string;
+  'poll-us'?: string;
   'print-capabilities'?: boolean;
   'print-qemu'?: boolean;
   'log-level'?: string;
@@ -155,6 +159,7 @@ export async function runDaemon(values: CommonValues, spec: DaemonSpec): Promise
     client: values.client ?? false,
     socketMode,
     reconnectDelayMs: intOption(values['reconnect-ms'], 'reconnect-ms', 1000, 1, 3_600_000),
+    pollUs: intOption(values['poll-us'], 'poll-us', 0, 0, 1_000_000),
     logger: log,
   });
   // Signal handlers go in before the socket exists, so a SIGTERM at any point still removes it.

@@ -10,7 +10,14 @@ import { DeviceBackend } from './backend.js';
 import type { VirtioDevice } from './device.js';
 
 /** Options for {@link DeviceServer}. */
-export type DeviceServerOptions = EndpointOptions & { logger?: Logger };
+export type DeviceServerOptions = EndpointOptions & {
+  logger?: Logger;
+  /**
+   * Adaptive polling window in microseconds (default 0: notifications only). After a kick the rings are polled
+   * with kicks suppressed until they were idle this long. It spends CPU to save notification round trips.
+   */
+  pollUs?: number;
+};
 
 /**
  * A device served on a socket. Events: `connect` (DeviceBackend), `disconnect` (reason: string | undefined).
@@ -38,7 +45,7 @@ export class DeviceServer extends EventEmitter {
         if (this.#backend === backend) this.#backend = undefined;
         done();
         this.emit('disconnect', reason);
-      });
+      }, options.pollUs ?? 0);
       this.#backend = backend;
       this.#previous = backend;
       void previous.then(() => {
