@@ -31,3 +31,6 @@ export {
   FileStorage, MemoryStorage, NullStorage, openStorage, type BlockStorage, type StorageSpec,
 } from './devices/blk/storage/index.js';
 export { ConsoleDevice, ConsolePort, ConsoleDriver, GuestPort, type ConsoleDeviceOptions } from './devices/console/index.js';
+export {
+  NetSwitch, NetPort, TapUplink, Network, openTap, type NetPortOptions, type NetworkOptions, type PortCounters,
+} from './devices/net/index.js';

@@ -106,11 +106,17 @@ export class DeviceBackend implements BackendHandler, VringOwner {
 
   /** One processing pass over a ring; false when the ring may not be processed now. */
   #process(vring: Vring): boolean {
-    if (!vring.started || !vring.enabled || vring.error) return false;
     const device = this.device;
+    // A started but disabled ring is still processed by devices that take buffers themselves (they drop TX
+    // without side effects, as the protocol asks); chain handlers simply wait for the enable.
+    if (!vring.started || vring.error || (!vring.enabled && !device.onAvailable)) return false;
     vring.batch(() => {
       if (device.onAvailable) {
-        device.onAvailable(vring);
+        try {
+          device.onAvailable(vring);
+        } catch (err) {
+          vring.fail(err as Error);
+        }
         return;
       }
       const handle = device.handleChain;

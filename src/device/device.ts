@@ -46,7 +46,9 @@ export interface VirtioDevice {
   /**
    * The ring has new buffers (a kick, or the ring was just started or enabled). The default pops every chain
    * and hands each to {@link handleChain}; devices that consume buffers on their own schedule (network receive)
-   * implement this instead.
+   * implement this instead. It is also called for a started ring that is disabled (`vring.enabled` false): the
+   * device must then consume buffers without side effects (e.g. drop transmitted packets), as the protocol asks.
+   * Throwing marks the ring broken.
    */
   onAvailable?(vring: Vring): void;
 

@@ -276,6 +276,8 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
   }
 
   onAvailable(vring: Vring): void {
+    // A disabled ring keeps its buffers until it is enabled: nothing a console does with them is side-effect free.
+    if (!vring.enabled) return;
     this.#rings[vring.index] = vring;
     const role = queueRole(vring.index);
     switch (role.kind) {

@@ -24,19 +24,18 @@ export class Packet {
     this.#view = this.buffer.subarray(0, 0);
   }
 
-  /** Set the frame length (and clear the offload state); returns the frame's view to fill. */
-  reset(length: number): Uint8Array {
+  /** Set the frame length (and clear the offload state); the frame goes in {@link buffer} from offset 0. */
+  reset(length: number): void {
     if (length > this.buffer.length) throw new RangeError(`frame of ${length} bytes over ${this.buffer.length}`);
     this.length = length;
     this.needsCsum = false;
     this.csumStart = 0;
     this.csumOffset = 0;
-    if (this.#view.length !== length) this.#view = this.buffer.subarray(0, length);
-    return this.#view;
   }
 
-  /** The frame bytes. */
+  /** The frame bytes (a view made on demand: the hot paths use {@link buffer} and {@link length}). */
   get frame(): Uint8Array {
+    if (this.#view.length !== this.length) this.#view = this.buffer.subarray(0, this.length);
     return this.#view;
   }
 

@@ -348,7 +348,8 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       return;
     }
     const packet = this.#packet;
-    const frame = packet.reset(len);
+    packet.reset(len);
+    const frame = packet.buffer;
     let flags: number;
     let gso: number;
     let csumStart: number;
@@ -369,7 +370,7 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       gso = hdr[NetHdrOffset.GSO_TYPE]!;
       csumStart = hdr[NetHdrOffset.CSUM_START]! | (hdr[NetHdrOffset.CSUM_START + 1]! << 8);
       csumOffset = hdr[NetHdrOffset.CSUM_OFFSET]! | (hdr[NetHdrOffset.CSUM_OFFSET + 1]! << 8);
-      chain.readInto(frame, hdrLen);
+      chain.readInto(packet.frame, hdrLen);
     }
     if (gso !== NetHdrGso.NONE) {
       // We offer no segmentation offload: a GSO frame is a driver error.
@@ -450,7 +451,7 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       hdr[NetHdrOffset.CSUM_OFFSET + 1] = packet.csumOffset >>> 8;
     }
     const hdrView = this.#rxHdrViews[hdrLen === NET_HDR_SIZE ? 1 : 0];
-    const frame = packet.frame;
+    const frame = packet.buffer;
 
     if (!this.#mrg) {
       const chain = vring.pop();

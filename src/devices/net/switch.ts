@@ -35,6 +35,25 @@ interface MacEntry {
   seen: number;
 }
 
+/**
+ * Per-port memo of the last source and destination looked up, valid while the table's generation is unchanged:
+ * a stream of frames between the same two stations then costs no table lookups (hashing a 48-bit key means a
+ * heap number per lookup).
+ */
+interface Ingress {
+  gen: number;
+  srcHi: number;
+  srcLo: number;
+  src: MacEntry | undefined;
+  dstHi: number;
+  dstLo: number;
+  dst: MacEntry | undefined;
+}
+
+function newIngress(): Ingress {
+  return { gen: -1, srcHi: -1, srcLo: -1, src: undefined, dstHi: -1, dstLo: -1, dst: undefined };
+}
+
 /** A learned address, as {@link NetSwitch.entries} lists it. */
 export interface MacTableEntry {
   mac: string;
@@ -64,6 +83,9 @@ export class NetSwitch {
   readonly #clock: () => number;
   readonly #table = new Map<number, MacEntry>();
   #ports: SwitchPort[] = [];
+  readonly #ingress = new Map<SwitchPort, Ingress>();
+  /** Bumped whenever an entry is added, moves or goes: invalidates every {@link Ingress} memo. */
+  #gen = 0;
   #timer: NodeJS.Timeout | undefined;
   /** Coarse time used for learning, refreshed by every sweep: reading a clock per frame costs more than it gains. */
   #now: number;
@@ -93,6 +115,7 @@ export class NetSwitch {
   /** Detach a port and forget its addresses. */
   removePort(port: SwitchPort): void {
     this.#ports = this.#ports.filter((p) => p !== port);
+    this.#ingress.delete(port);
     this.forget(port);
   }
 
@@ -105,12 +128,14 @@ export class NetSwitch {
         n++;
       }
     }
+    if (n > 0) this.#gen++;
     return n;
   }
 
   /** Forget every learned address. */
   flush(): void {
     this.#table.clear();
+    this.#gen++;
   }
 
   /** The port an address (6 bytes) was learned on, if any. */
@@ -135,6 +160,7 @@ export class NetSwitch {
       }
     }
     this.counters.aged += n;
+    if (n > 0) this.#gen++;
     return n;
   }
 
@@ -145,9 +171,44 @@ export class NetSwitch {
   forward(from: SwitchPort, packet: Packet): void {
     const b = packet.buffer;
     if (packet.length < ETH_HLEN) return;
-    if (!isMulticastAt(b, 6)) this.#learn(macKeyAt(b, 6), from);
+    let ing = this.#ingress.get(from);
+    if (ing === undefined) {
+      ing = newIngress();
+      this.#ingress.set(from, ing);
+    }
+    if (ing.gen !== this.#gen) {
+      ing.gen = this.#gen;
+      ing.srcHi = ing.dstHi = -1;
+    }
+    if (!isMulticastAt(b, 6)) {
+      const hi = (b[6]! << 16) | (b[7]! << 8) | b[8]!;
+      const lo = (b[9]! << 16) | (b[10]! << 8) | b[11]!;
+      if (hi === ing.srcHi && lo === ing.srcLo) {
+        ing.src!.seen = this.#now;
+      } else {
+        const entry = this.#learn(macKeyAt(b, 6), from);
+        // Learning a new station (or a move) changed the table: nothing memoised before holds.
+        if (ing.gen !== this.#gen) {
+          ing.gen = this.#gen;
+          ing.dstHi = -1;
+        }
+        ing.src = entry;
+        ing.srcHi = entry === undefined ? -1 : hi;
+        ing.srcLo = lo;
+      }
+    }
     if (!isMulticastAt(b, 0)) {
-      const entry = this.#table.get(macKeyAt(b, 0));
+      const hi = (b[0]! << 16) | (b[1]! << 8) | b[2]!;
+      const lo = (b[3]! << 16) | (b[4]! << 8) | b[5]!;
+      let entry: MacEntry | undefined;
+      if (hi === ing.dstHi && lo === ing.dstLo) {
+        entry = ing.dst;
+      } else {
+        entry = this.#table.get(macKeyAt(b, 0));
+        ing.dst = entry;
+        ing.dstHi = hi;
+        ing.dstLo = lo;
+      }
       if (entry !== undefined) {
         if (entry.port === from) {
           this.counters.hairpin++;
@@ -166,19 +227,26 @@ export class NetSwitch {
     }
   }
 
-  #learn(key: number, port: SwitchPort): void {
+  /** Learn or refresh `key` on `port`; returns its entry (undefined when the table is full). */
+  #learn(key: number, port: SwitchPort): MacEntry | undefined {
     const entry = this.#table.get(key);
     if (entry !== undefined) {
-      // A station that moved is re-learned on its new port at once.
-      entry.port = port;
+      if (entry.port !== port) {
+        // A station that moved is re-learned on its new port at once.
+        entry.port = port;
+        this.#gen++;
+      }
       entry.seen = this.#now;
-      return;
+      return entry;
     }
     if (this.#table.size >= this.maxEntries) {
       this.counters.tableFull++;
-      return;
+      return undefined;
     }
-    this.#table.set(key, { port, seen: this.#now });
+    const fresh = { port, seen: this.#now };
+    this.#table.set(key, fresh);
+    this.#gen++;
+    return fresh;
   }
 
   /** Stop the aging timer. */

@@ -165,7 +165,7 @@ export class TapUplink implements SwitchPort {
         fs.writevSync(this.fd, [h, packet.frame]);
       } else {
         if (packet.needsCsum && packet.completeChecksum()) this.stats.csumComputed++;
-        fs.writeSync(this.fd, packet.frame, 0, packet.length);
+        fs.writeSync(this.fd, packet.buffer, 0, packet.length);
       }
     } catch (err) {
       // EAGAIN (queue full), EIO (interface down): the frame is lost, as on a wire.
