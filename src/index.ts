@@ -34,3 +34,5 @@ export { ConsoleDevice, ConsolePort, ConsoleDriver, GuestPort, type ConsoleDevic
 export {
   NetSwitch, NetPort, TapUplink, Network, openTap, type NetPortOptions, type NetworkOptions, type PortCounters,
 } from './devices/net/index.js';
+export { ScsiDevice, type ScsiDeviceOptions, type ScsiDeviceStats } from './devices/scsi/index.js';
+export { LogicalUnit, ScsiBus, ScsiTarget, ScsiTask, TaskResponse, type LogicalUnitOptions } from './scsi/index.js';

@@ -14,6 +14,7 @@ const commands: Record<string, { run: () => Promise<Command>; about: string }> =
   },
   net: { run: async () => (await import('./net.js')).netMain, about: 'virtio-net ports joined by a MAC-learning switch (TAP uplink)' },
   blk: { run: async () => (await import('./blk.js')).blkMain, about: 'virtio-blk daemon: a raw image, memory or null disk' },
+  scsi: { run: async () => (await import('./scsi.js')).scsiMain, about: 'virtio-scsi daemon: disks as LUNs of one controller, hot-plug' },
 };
 
 function usage(): string {

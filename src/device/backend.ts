@@ -17,6 +17,9 @@ import type { Logger } from '../util/log.js';
 import type { VirtioDevice } from './device.js';
 import { Vring, type VringOwner } from './vring.js';
 
+/** Largest mmap offset accepted for an inflight area (we map from the file's start). */
+const MAX_INFLIGHT_OFFSET = 1 << 20;
+
 /** Protocol features every device gets. */
 const BASE_PROTOCOL_FEATURES = featureMask(
   ProtocolFeature.MQ,
@@ -125,6 +128,8 @@ export class DeviceBackend implements BackendHandler, VringOwner {
         try {
           handle.call(device, vring, chain);
         } catch (err) {
+          // Give the chain back (length 0) so the ring's inflight count can reach zero for stop and reset.
+          vring.complete(chain, 0);
           vring.fail(err as Error);
           return;
         }
@@ -439,6 +444,12 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     }
     const needed = inflightQueueSize(queueSize) * numQueues;
     if (mmapSize < needed) throw new ProtocolError(`SET_INFLIGHT_FD: area of ${mmapSize} bytes, ${needed} needed`);
+    // We map [0, offset + size): bound both so a frontend cannot make us reserve address space at will.
+    const pageAligned = Math.ceil(needed / 4096) * 4096;
+    if (mmapSize > pageAligned || mmapOffset > MAX_INFLIGHT_OFFSET) {
+      throw new ProtocolError(`SET_INFLIGHT_FD: area ${mmapOffset}+${mmapSize} is larger than the ${needed} bytes ` +
+        `${numQueues} queues of ${queueSize} need`);
+    }
     const { size } = native.fstat(fd);
     if (mmapOffset + mmapSize > size) {
       throw new ProtocolError(`SET_INFLIGHT_FD: ${mmapOffset}+${mmapSize} is past the end of the ${size}-byte file`);

@@ -91,6 +91,7 @@ export class BackendConnection {
   readonly #handler: BackendHandler;
   readonly #log: Logger;
   #protocolFeatures = 0n;
+  #refused = 0;
 
   constructor(connection: Connection, handler: BackendHandler, log: Logger) {
     this.connection = connection;
@@ -123,7 +124,8 @@ export class BackendConnection {
     } catch (err) {
       for (const fd of replyFds) closeQuietly(fd);
       if (!(err instanceof RequestRejected)) throw err;
-      this.#log.warn(`${name} refused: ${err.message}`);
+      this.#refused++;
+      if (this.#refused <= 10 || this.#refused % 1000 === 0) this.#log.warn(`${name} refused: ${err.message} (${this.#refused} so far)`);
       if (needReply) this.#reply(message.request, encodeU64(1));
       return;
     }

@@ -120,7 +120,8 @@ export class Connection {
   #updateWatch(): void {
     if (this.#closed) return;
     let events = 0;
-    if (this.#handler && !this.#busy) events |= Readiness.READABLE;
+    // A peer that does not read our replies stops being read: its requests wait in its own socket buffer.
+    if (this.#handler && !this.#busy && this.#outgoing.length < Limits.MAX_QUEUED_MESSAGES) events |= Readiness.READABLE;
     if (this.#outgoing.length > 0) events |= Readiness.WRITABLE;
     if (events === 0) this.#watcher.stop();
     else this.#watcher.start(events);
@@ -160,7 +161,7 @@ export class Connection {
 
   #readMessages(): void {
     const receive = (buf: Uint8Array, maxFds: number) => native.recvMsg(this.#fd, buf, maxFds);
-    while (!this.#closed && !this.#busy && this.#handler) {
+    while (!this.#closed && !this.#busy && this.#handler && this.#outgoing.length < Limits.MAX_QUEUED_MESSAGES) {
       let message;
       try {
         message = this.#parser.next(receive);

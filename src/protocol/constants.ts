@@ -130,6 +130,8 @@ export const Limits = {
   MAX_CONFIG_SIZE: 256,
   /** Largest queue count: KICK/CALL/ERR payloads carry an 8-bit queue index. */
   MAX_QUEUES: 256,
+  /** Messages queued for a peer that is not reading before we stop reading its requests. */
+  MAX_QUEUED_MESSAGES: 64,
   /** Largest split-ring size (virtio: 32768). */
   MAX_QUEUE_SIZE: 32768,
 } as const;

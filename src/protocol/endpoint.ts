@@ -43,6 +43,7 @@ export class Endpoint {
   #closed = false;
   #retry: NodeJS.Timeout | undefined;
   #connections = 0;
+  #refusals = 0;
   #waiting: { fd: number; timer: NodeJS.Timeout } | undefined;
 
   constructor(options: EndpointOptions, onConnection: ConnectionCallback) {
@@ -183,7 +184,11 @@ export class Endpoint {
   }
 
   #refuse(fd: number): void {
-    this.#log.warn('refusing a second frontend: one is already connected to this socket');
+    this.#refusals++;
+    // The first few are logged, then every 100th: a connection flood must not flood the log.
+    if (this.#refusals <= 5 || this.#refusals % 100 === 0) {
+      this.#log.warn(`refusing a second frontend: one is already connected to this socket (${this.#refusals} so far)`);
+    }
     closeQuietly(fd);
   }
 

@@ -397,7 +397,7 @@ export class BlkDevice implements VirtioDevice {
         return;
       default:
         this.stats.unsupported++;
-        this.#guestError(`type-${h.type}`, `request type ${h.type} is not supported`);
+        this.#guestError('unsupported-type', `request type ${h.type} is not supported`);
         req.finish(BlkStatus.UNSUPP);
     }
   }

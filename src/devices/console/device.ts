@@ -365,7 +365,7 @@ export class ConsoleDevice extends EventEmitter implements VirtioDevice {
           continue;
         }
         if (chain.writableLength < msg.bytes.byteLength) {
-          this.#log.warn(`${controlEventName(msg.event)} for port ${msg.id} truncated to the ${chain.writableLength}-byte buffer`);
+          this.#ignore(`${controlEventName(msg.event)} for port ${msg.id} truncated to the ${chain.writableLength}-byte buffer`);
         }
         const n = chain.writeFrom(msg.bytes);
         ring.complete(chain, n);

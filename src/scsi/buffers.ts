@@ -1,0 +1,122 @@
+/**
+ * Scatter/gather helpers over lists of `Uint8Array` views (the transport's buffers, in practice views straight
+ * into guest memory). READ and WRITE hand sub-lists of views to the storage without copying; the small
+ * responses (INQUIRY, MODE SENSE...) are built in a scratch buffer and copied out.
+ */
+
+/**
+ * An empty view list, shared. Not frozen on purpose: a frozen array has another elements kind, and mixing it with
+ * ordinary arrays in the same fields makes every access to them polymorphic (slower).
+ */
+export const NO_BUFFERS: readonly Uint8Array[] = emptyViewList();
+
+/**
+ * An empty array whose elements kind is already "objects": an empty literal starts as "small integers", and
+ * arrays of two kinds in one field make the code that reads them polymorphic.
+ */
+export function emptyViewList(): Uint8Array[] {
+  const list = [new Uint8Array(0)];
+  list.pop();
+  return list;
+}
+
+/** Total bytes of a list of views. */
+export function viewsLength(views: readonly Uint8Array[]): number {
+  let n = 0;
+  for (let i = 0; i < views.length; i++) n += views[i]!.byteLength;
+  return n;
+}
+
+/**
+ * The bytes [start, end) of a list of views, as views: whole views are reused, only the edges are sub-viewed.
+ * Returns `views` itself when the range covers all of it.
+ */
+export function sliceViews(views: readonly Uint8Array[], start: number, end: number, total = -1): readonly Uint8Array[] {
+  if (start >= end) return NO_BUFFERS;
+  if (start === 0 && end === (total >= 0 ? total : viewsLength(views))) return views;
+  const out = emptyViewList();
+  let pos = 0;
+  for (let i = 0; i < views.length && pos < end; i++) {
+    const v = views[i]!;
+    const vs = pos;
+    const ve = pos + v.byteLength;
+    pos = ve;
+    if (ve <= start) continue;
+    const a = start > vs ? start - vs : 0;
+    const b = end < ve ? end - vs : v.byteLength;
+    out.push(a === 0 && b === v.byteLength ? v : v.subarray(a, b));
+  }
+  return out;
+}
+
+/**
+ * Like {@link sliceViews}, but into `out` (emptied first), so that a caller can reuse one array per request.
+ * Returns `out`.
+ */
+export function sliceViewsInto(out: Uint8Array[], views: readonly Uint8Array[], start: number, end: number): Uint8Array[] {
+  // Written by index and trimmed at the end: emptying the array first would drop its storage every time.
+  let n = 0;
+  let pos = 0;
+  for (let i = 0; i < views.length && pos < end; i++) {
+    const v = views[i]!;
+    const vs = pos;
+    const ve = pos + v.byteLength;
+    pos = ve;
+    if (ve <= start) continue;
+    const a = start > vs ? start - vs : 0;
+    const b = end < ve ? end - vs : v.byteLength;
+    out[n++] = a === 0 && b === v.byteLength ? v : v.subarray(a, b);
+  }
+  if (out.length !== n) out.length = n;
+  return out;
+}
+
+/** Copy `src` into the views starting `offset` bytes in; returns the bytes copied (short when the views end). */
+export function copyToViews(views: readonly Uint8Array[], src: Uint8Array, offset = 0): number {
+  let skip = offset;
+  let done = 0;
+  for (let i = 0; i < views.length && done < src.byteLength; i++) {
+    const v = views[i]!;
+    if (skip >= v.byteLength) {
+      skip -= v.byteLength;
+      continue;
+    }
+    const n = Math.min(v.byteLength - skip, src.byteLength - done);
+    v.set(n === src.byteLength ? src : src.subarray(done, done + n), skip);
+    done += n;
+    skip = 0;
+  }
+  return done;
+}
+
+/** Copy bytes from the views, starting `offset` bytes in, into `dst`; returns the bytes copied. */
+export function copyFromViews(views: readonly Uint8Array[], dst: Uint8Array, offset = 0): number {
+  let skip = offset;
+  let done = 0;
+  for (let i = 0; i < views.length && done < dst.byteLength; i++) {
+    const v = views[i]!;
+    if (skip >= v.byteLength) {
+      skip -= v.byteLength;
+      continue;
+    }
+    const n = Math.min(v.byteLength - skip, dst.byteLength - done);
+    dst.set(v.subarray(skip, skip + n), done);
+    done += n;
+    skip = 0;
+  }
+  return done;
+}
+
+/** Are all bytes zero? */
+export function isZero(bytes: Uint8Array): boolean {
+  // Eight bytes at a time where alignment allows.
+  const n = bytes.byteLength;
+  let i = 0;
+  if ((bytes.byteOffset & 7) === 0 && n >= 8) {
+    const words = new BigUint64Array(bytes.buffer, bytes.byteOffset, n >>> 3);
+    for (let w = 0; w < words.length; w++) if (words[w] !== 0n) return false;
+    i = words.length << 3;
+  }
+  for (; i < n; i++) if (bytes[i] !== 0) return false;
+  return true;
+}

@@ -1,0 +1,63 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ScsiBus, type BusChange } from '../../src/scsi/bus.js';
+import { copyFromViews, copyToViews, isZero, sliceViews, viewsLength } from '../../src/scsi/buffers.js';
+import { memoryUnit } from './helpers.js';
+
+const MiB = 1 << 20;
+
+test('bus: a target exists while it has units; changes are announced in order', () => {
+  const bus = new ScsiBus({ maxTargets: 4 });
+  const changes: string[] = [];
+  const stop = bus.subscribe((c: BusChange) => changes.push(`${c.kind} ${c.target}:${c.lun} ${c.unit.address}`));
+  const a = memoryUnit({ size: MiB }).unit;
+  const b = memoryUnit({ size: MiB }).unit;
+  const c = memoryUnit({ size: MiB }).unit;
+  assert.equal(bus.target(0), undefined);
+  bus.add(0, 0, a);
+  bus.add(0, 3, b);
+  bus.add(2, 0, c);
+  assert.deepEqual(bus.targets.map((t) => t.id), [0, 2]);
+  assert.deepEqual(bus.units().map((u) => `${u.target}:${u.lun}`), ['0:0', '0:3', '2:0']);
+  assert.equal(bus.unit(0, 3), b);
+  assert.equal(bus.freeLun(0), 1);
+  assert.equal(bus.freeLun(1), 0);
+  assert.equal(bus.remove(2, 0), c);
+  assert.equal(bus.target(2), undefined, 'the last unit took the target with it');
+  assert.equal(bus.remove(2, 0), undefined);
+  assert.equal(bus.remove(3, 9), undefined);
+  stop();
+  bus.remove(0, 0);
+  assert.deepEqual(changes, ['added 0:0 0:0', 'added 0:3 0:3', 'added 2:0 2:0', 'removed 2:0 2:0']);
+  assert.throws(() => bus.add(4, 0, c), /target 4 is not in 0\.\.3/);
+  assert.throws(() => bus.add(0, 3, c), /already has LUN 3/);
+  assert.throws(() => bus.add(1, 0, b), /already at 0:3/);
+  assert.throws(() => new ScsiBus({ maxTargets: 257 }), /maxTargets/);
+  assert.equal(bus.target(1), undefined, 'a failed add leaves no empty target behind');
+});
+
+test('view helpers: slicing reuses whole views, copies scatter and gather across view edges', () => {
+  const backing = Uint8Array.from({ length: 40 }, (_, i) => i);
+  const views = [backing.subarray(0, 10), backing.subarray(10, 13), backing.subarray(13, 40)];
+  assert.equal(viewsLength(views), 40);
+  assert.equal(sliceViews(views, 0, 40), views, 'the whole range is the list itself');
+  const mid = sliceViews(views, 5, 20);
+  assert.equal(mid.length, 3);
+  assert.equal(mid[1], views[1], 'a whole view is reused');
+  assert.deepEqual(mid.map((v) => [...v]).flat(), Array.from({ length: 15 }, (_, i) => i + 5));
+  assert.deepEqual(sliceViews(views, 7, 7), []);
+  const out = [new Uint8Array(3), new Uint8Array(4)];
+  assert.equal(copyToViews(out, Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9]), 1), 6);
+  assert.deepEqual(out.map((v) => [...v]), [[0, 1, 2], [3, 4, 5, 6]]);
+  const got = new Uint8Array(5);
+  assert.equal(copyFromViews(views, got, 8), 5);
+  assert.deepEqual([...got], [8, 9, 10, 11, 12]);
+  assert.equal(isZero(new Uint8Array(1000)), true);
+  const z = new Uint8Array(1001);
+  z[1000] = 1;
+  assert.equal(isZero(z), false);
+  z[1000] = 0;
+  z[3] = 1;
+  assert.equal(isZero(z.subarray(1)), false, 'unaligned views too');
+  assert.equal(isZero(z.subarray(4)), true);
+});
