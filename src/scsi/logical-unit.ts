@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { StorageError, StorageErrorCode, type BlockStorage } from '../devices/blk/storage/storage.js';
 import { logger as makeLogger, type Logger } from '../util/log.js';
-import { copyFromViews, copyToViews, isZero, sliceViews } from './buffers.js';
+import { copyFromViews, copyToViews, isZero, sliceViews } from '../util/views.js';
 import { ModePage, Opcode, ScsiStatus, Sense, ServiceActionIn16, cdbLength, type SenseCode } from './constants.js';
 import { standardInquiry, vpdPage, type InquiryProfile } from './inquiry.js';
 import { MODE_PAGES, PageControl, modePage, parseModeSelect, type ModeProfile } from './mode.js';

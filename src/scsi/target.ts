@@ -3,7 +3,7 @@
  * any LUN, the REPORT LUNS well-known logical unit, INQUIRY with peripheral qualifier 011b and LOGICAL UNIT NOT
  * SUPPORTED for LUNs with no unit, and the task management functions.
  */
-import { copyToViews } from './buffers.js';
+import { copyToViews } from '../util/views.js';
 import {
   DeviceType, INQUIRY_NOT_PRESENT, MAX_LUN, Opcode, ScsiStatus, Sense, VpdPage, WLUN_REPORT_LUNS, type SenseCode,
 } from './constants.js';

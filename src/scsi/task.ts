@@ -3,7 +3,7 @@
  * outcome the target hands back. Tasks are meant to be pooled by the transport: {@link ScsiTask.prepare}
  * clears the results for reuse, and the completion callback is bound once.
  */
-import { NO_BUFFERS } from './buffers.js';
+import { NO_BUFFERS } from '../util/views.js';
 import type { LogicalUnit } from './logical-unit.js';
 
 /** Bytes of CDB a task holds; longer CDBs (variable length, 0x7F) are not supported. */

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ScsiBus, type BusChange } from '../../src/scsi/bus.js';
-import { copyFromViews, copyToViews, isZero, sliceViews, viewsLength } from '../../src/scsi/buffers.js';
+import { copyFromViews, copyToViews, isZero, sliceViews, viewsLength } from '../../src/util/views.js';
 import { memoryUnit } from './helpers.js';
 
 const MiB = 1 << 20;

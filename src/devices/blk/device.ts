@@ -15,7 +15,8 @@ import { BlkFeature, DeviceId, featureMask, hasFeature } from '../../virtio/cons
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import type { BlockStorage, IoCallback } from './storage/storage.js';
 import { BlkConfigOffset, encodeBlkConfig } from './config.js';
-import { Blk, BlkRequestType, BlkStatus, readHeader, readSegment, sliceViews, type BlkHeader, type BlkSegment } from './request.js';
+import { Blk, BlkRequestType, BlkStatus, readHeader, readSegment, type BlkHeader, type BlkSegment } from './request.js';
+import { sliceViews } from '../../util/views.js';
 
 /** Options for {@link BlkDevice}. */
 export interface BlkDeviceOptions {

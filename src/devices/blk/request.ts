@@ -72,26 +72,6 @@ export function readHeader(chain: DescriptorChain, out: BlkHeader, scratch: Uint
   return true;
 }
 
-/**
- * The bytes [start, end) of a list of views as views: whole views are reused, only the edges are sub-viewed.
- * One array is allocated; with the usual layout (header, data and status in separate buffers) no view is.
- */
-export function sliceViews(views: readonly Uint8Array[], start: number, end: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  if (start >= end) return out;
-  let pos = 0;
-  for (let i = 0; i < views.length && pos < end; i++) {
-    const v = views[i]!;
-    const vs = pos;
-    const ve = pos + v.byteLength;
-    pos = ve;
-    if (ve <= start) continue;
-    const a = start > vs ? start - vs : 0;
-    const b = end < ve ? end - vs : v.byteLength;
-    out.push(a === 0 && b === v.byteLength ? v : v.subarray(a, b));
-  }
-  return out;
-}
 
 /** One discard / write-zeroes segment. */
 export interface BlkSegment {

@@ -20,7 +20,7 @@ import type { DescriptorChain } from '../../virtqueue/chain.js';
 import { DeviceId, ScsiFeature, featureMask, hasFeature } from '../../virtio/constants.js';
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { ScsiBus, type BusChange } from '../../scsi/bus.js';
-import { NO_BUFFERS, emptyViewList, sliceViewsInto } from '../../scsi/buffers.js';
+import { NO_BUFFERS, emptyViewList, sliceViewsInto } from '../../util/views.js';
 import { ScsiTask, TaskResponse } from '../../scsi/task.js';
 import { TmfResponse, type TaskManagementFunction } from '../../scsi/target.js';
 import type { LogicalUnit } from '../../scsi/logical-unit.js';

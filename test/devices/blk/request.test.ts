@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DescriptorChain } from '../../../src/virtqueue/chain.js';
 import {
-  BlkRequestType, encodeHeader, encodeSegments, readHeader, readSegment, sliceViews, type BlkHeader,
+  BlkRequestType, encodeHeader, encodeSegments, readHeader, readSegment, type BlkHeader,
 } from '../../../src/devices/blk/request.js';
+import { sliceViews } from '../../../src/util/views.js';
 import { BLK_CONFIG_SIZE, encodeBlkConfig } from '../../../src/devices/blk/config.js';
 import { decodeBlkConfig } from '../../../src/virtio/config.js';
 
@@ -36,7 +37,7 @@ test('sliceViews cuts byte ranges out of view lists, reusing whole views', () =>
   const b = new Uint8Array([4, 5]);
   const c = new Uint8Array([6, 7, 8]);
   const all = [a, b, c];
-  const flat = (vs: Uint8Array[]) => vs.map((v) => [...v]);
+  const flat = (vs: readonly Uint8Array[]) => vs.map((v) => [...v]);
   assert.deepEqual(flat(sliceViews(all, 0, 9)), [[0, 1, 2, 3], [4, 5], [6, 7, 8]]);
   assert.equal(sliceViews(all, 4, 9)[0], b, 'whole views are the same objects');
   assert.deepEqual(flat(sliceViews(all, 4, 8)), [[4, 5], [6, 7]]);

@@ -1,7 +1,7 @@
 /**
- * Scatter/gather helpers over lists of `Uint8Array` views (the transport's buffers, in practice views straight
- * into guest memory). READ and WRITE hand sub-lists of views to the storage without copying; the small
- * responses (INQUIRY, MODE SENSE...) are built in a scratch buffer and copied out.
+ * Scatter/gather helpers over lists of `Uint8Array` views (a transport's buffers, in practice views straight
+ * into guest memory), shared by the devices and the SCSI target: data moves as sub-lists of views, without
+ * copies; small replies are built in a scratch buffer and copied out.
  */
 
 /**
