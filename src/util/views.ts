@@ -34,19 +34,7 @@ export function viewsLength(views: readonly Uint8Array[]): number {
 export function sliceViews(views: readonly Uint8Array[], start: number, end: number, total = -1): readonly Uint8Array[] {
   if (start >= end) return NO_BUFFERS;
   if (start === 0 && end === (total >= 0 ? total : viewsLength(views))) return views;
-  const out = emptyViewList();
-  let pos = 0;
-  for (let i = 0; i < views.length && pos < end; i++) {
-    const v = views[i]!;
-    const vs = pos;
-    const ve = pos + v.byteLength;
-    pos = ve;
-    if (ve <= start) continue;
-    const a = start > vs ? start - vs : 0;
-    const b = end < ve ? end - vs : v.byteLength;
-    out.push(a === 0 && b === v.byteLength ? v : v.subarray(a, b));
-  }
-  return out;
+  return sliceViewsInto(emptyViewList(), views, start, end);
 }
 
 /**

@@ -2,6 +2,7 @@
  * Descriptor chains: walking one from the descriptor table (and an indirect table) into views of guest memory.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { copyFromViews, copyToViews } from '../util/views.js';
 import { ChainError, ChainErrorKind } from './errors.js';
 import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.js';
 
@@ -57,7 +58,7 @@ export class DescriptorChain {
    * Returns the number of bytes copied (less than `dst.length` when the readable part ends first).
    */
   readInto(dst: Uint8Array, offset = 0): number {
-    return gather(this.readable, dst, offset);
+    return copyFromViews(this.readable, dst, offset);
   }
 
   /**
@@ -65,42 +66,8 @@ export class DescriptorChain {
    * Returns the number of bytes written (less than `src.length` when the writable part ends first).
    */
   writeFrom(src: Uint8Array, offset = 0): number {
-    return scatter(this.writable, src, offset);
+    return copyToViews(this.writable, src, offset);
   }
-}
-
-function gather(views: readonly Uint8Array[], dst: Uint8Array, offset: number): number {
-  let skip = offset;
-  let done = 0;
-  for (let i = 0; i < views.length && done < dst.length; i++) {
-    const v = views[i]!;
-    if (skip >= v.byteLength) {
-      skip -= v.byteLength;
-      continue;
-    }
-    const n = Math.min(v.byteLength - skip, dst.length - done);
-    dst.set(v.subarray(skip, skip + n), done);
-    done += n;
-    skip = 0;
-  }
-  return done;
-}
-
-function scatter(views: readonly Uint8Array[], src: Uint8Array, offset: number): number {
-  let skip = offset;
-  let done = 0;
-  for (let i = 0; i < views.length && done < src.length; i++) {
-    const v = views[i]!;
-    if (skip >= v.byteLength) {
-      skip -= v.byteLength;
-      continue;
-    }
-    const n = Math.min(v.byteLength - skip, src.length - done);
-    v.set(src.subarray(done, done + n), skip);
-    done += n;
-    skip = 0;
-  }
-  return done;
 }
 
 /**
