@@ -16,11 +16,15 @@ export const commonOptions = {
   'socket-mode': { type: 'string' },
   'reconnect-ms': { type: 'string' },
   'poll-us': { type: 'string' },
+  workers: { type: 'string' },
   'print-capabilities': { type: 'boolean' },
   'print-qemu': { type: 'boolean' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
+
+/** Default most microseconds of adaptive polling (QEMU's AioContext polls up to 32 us by default). */
+export const DEFAULT_POLL_US = 50;
 
 export const commonHelp = `Common options:
   --socket-path PATH     vhost-user socket to listen on (or connect to, with --client)
@@ -28,8 +32,10 @@ export const commonHelp = `Common options:
   --client               connect to the frontend's socket instead of listening; reconnect when it drops
   --reconnect-ms MS      delay between connection attempts in client mode (default 1000)
   --socket-mode MODE     permission bits of the socket file, octal (default 0600)
-  --poll-us US           after a kick, poll the rings for US microseconds of idleness with kicks off
-                         (default 0: notifications only); trades CPU for fewer wake-ups
+  --poll-us US           after a kick, poll the rings for up to US microseconds of idleness with kicks
+                         off; the window adapts to how fast kicks come (default ${DEFAULT_POLL_US}; 0: notifications only)
+  --workers N            serve the request queues on N worker threads (default 0: on the main thread);
+                         queue i goes to worker i mod N
   --print-capabilities   print the backend's capabilities as JSON (vhost-user spec) and exit
   --print-qemu           print the QEMU arguments that attach this device and exit
   --log-level LEVEL      error, warn, info (default) or debug
@@ -44,6 +50,7 @@ export interface CommonValues {
   'socket-mode'?: string;
   'reconnect-ms'?: string;
   'poll-us'?: string;
+  workers?: string;
   'print-capabilities'?: boolean;
   'print-qemu'?: boolean;
   'log-level'?: string;
@@ -159,7 +166,8 @@ export async function runDaemon(values: CommonValues, spec: DaemonSpec): Promise
     client: values.client ?? false,
     socketMode,
     reconnectDelayMs: intOption(values['reconnect-ms'], 'reconnect-ms', 1000, 1, 3_600_000),
-    pollUs: intOption(values['poll-us'], 'poll-us', 0, 0, 1_000_000),
+    pollUs: intOption(values['poll-us'], 'poll-us', DEFAULT_POLL_US, 0, 1_000_000),
+    workers: intOption(values.workers, 'workers', 0, 0, 64),
     logger: log,
   });
   // Signal handlers go in before the socket exists, so a SIGTERM at any point still removes it.
@@ -169,8 +177,20 @@ export async function runDaemon(values: CommonValues, spec: DaemonSpec): Promise
   const onTerm = () => stopRequested('SIGTERM');
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
+  let failed = false;
   try {
     server.listen();
+    server.ready.then(() => {
+      const pool = server.workers;
+      if (!pool) return;
+      const queues = Array.from({ length: spec.device.numQueues }, (_, i) => i)
+        .filter((i) => spec.device.workerQueue?.(i) ?? true);
+      log.info(`${pool.size} queue worker(s): ${pool.describe(queues)}`);
+    }, (err: Error) => {
+      log.error(`cannot start the queue workers: ${err.message}`);
+      failed = true;
+      stopRequested('error');
+    });
     spec.started?.(server, log);
     log.info(`${await stopped}: shutting down`);
   } finally {
@@ -179,5 +199,5 @@ export async function runDaemon(values: CommonValues, spec: DaemonSpec): Promise
   }
   await server.close();
   await spec.stopping?.();
-  return 0;
+  return failed ? 1 : 0;
 }

@@ -15,7 +15,9 @@ import { BackendRequest, HeaderFlag, Limits, ProtocolFeature } from '../protocol
 import { CommonFeature, DeviceStatus, featureMask, hasFeature } from '../virtio/constants.js';
 import type { Logger } from '../util/log.js';
 import type { VirtioDevice } from './device.js';
+import { RingPoller } from './poller.js';
 import { Vring, type VringOwner } from './vring.js';
+import type { WorkerPool } from './worker/pool.js';
 
 /** Largest mmap offset accepted for an inflight area (we map from the file's start). */
 const MAX_INFLIGHT_OFFSET = 1 << 20;
@@ -56,6 +58,16 @@ interface InflightArea {
   description: InflightDescription;
 }
 
+/** Options for {@link DeviceBackend}. */
+export interface DeviceBackendOptions {
+  /**
+   * Adaptive poll window in microseconds (default 0: notifications only): see {@link RingPoller}.
+   */
+  pollUs?: number;
+  /** Queue workers: the device's queues that may go to workers are served there. */
+  workers?: WorkerPool;
+}
+
 /** Serves one frontend connection for a device. */
 export class DeviceBackend implements BackendHandler, VringOwner {
   readonly device: VirtioDevice;
@@ -70,22 +82,52 @@ export class DeviceBackend implements BackendHandler, VringOwner {
   #inflight: InflightArea | undefined;
   #closed = false;
   readonly #onClosed: ((reason: string | undefined) => void) | undefined;
-  readonly #pollUs: number;
-  #polling = false;
+  readonly #poller: RingPoller;
+  readonly #workers: WorkerPool | undefined;
+  /** Queues served by a worker (by index), and which of those the worker is running. */
+  readonly #remote: boolean[];
+  readonly #remoteRunning = new Set<number>();
 
-  /**
-   * `onClosed` runs once the connection is gone and the device has been reset. `pollUs` > 0 turns on adaptive
-   * polling: after a kick the rings are watched for that many microseconds of idleness with kicks suppressed.
-   */
-  constructor(device: VirtioDevice, log: Logger, onClosed?: (reason: string | undefined) => void, pollUs = 0) {
+  /** `onClosed` runs once the connection is gone and the device has been reset. */
+  constructor(device: VirtioDevice, log: Logger, onClosed?: (reason: string | undefined) => void,
+    options: DeviceBackendOptions = {}) {
     if (device.numQueues < 1 || device.numQueues > Limits.MAX_QUEUES) {
       throw new RangeError(`device has ${device.numQueues} queues (1..${Limits.MAX_QUEUES})`);
     }
     this.device = device;
     this.#log = log;
     this.#onClosed = onClosed;
-    this.#pollUs = pollUs;
+    this.#poller = new RingPoller(device, options.pollUs ?? 0);
+    this.#workers = options.workers;
     this.vrings = Array.from({ length: device.numQueues }, (_, i) => new Vring(i, this, log));
+    this.#remote = this.vrings.map((v) => options.workers !== undefined && (device.workerQueue?.(v.index) ?? true));
+    if (options.workers) {
+      options.workers.onBroken = (index, message) => {
+        const v = this.vrings[index];
+        if (v) {
+          this.broken(v, new Error(message));
+        } else {
+          this.#status |= DeviceStatus.NEEDS_RESET;
+          this.#log.error(`device needs reset: ${message}`);
+          this.configChanged();
+        }
+      };
+    }
+  }
+
+  /** The poll loop of the rings served on this thread. */
+  get poller(): RingPoller {
+    return this.#poller;
+  }
+
+  /** Is queue `index` served by a worker? */
+  isRemote(index: number): boolean {
+    return this.#remote[index] ?? false;
+  }
+
+  /** Running: started here, or started on its worker. */
+  #running(v: Vring): boolean {
+    return v.started || this.#remoteRunning.has(v.index);
   }
 
   /** Features the driver accepted. */
@@ -101,75 +143,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
   // ---- VringOwner ----
 
   available(vring: Vring): void {
-    if (!this.#process(vring)) return;
-    // Adaptive polling: after a kick, keep watching the rings for a while with kicks suppressed, so a busy
-    // driver's next requests are picked up without a notification round trip.
-    if (this.#pollUs > 0 && this.device.handleChain && !this.device.onAvailable) this.#poll();
-  }
-
-  /** One processing pass over a ring; false when the ring may not be processed now. */
-  #process(vring: Vring): boolean {
-    const device = this.device;
-    // A started but disabled ring is still processed by devices that take buffers themselves (they drop TX
-    // without side effects, as the protocol asks); chain handlers simply wait for the enable.
-    if (!vring.started || vring.error || (!vring.enabled && !device.onAvailable)) return false;
-    vring.batch(() => {
-      if (device.onAvailable) {
-        try {
-          device.onAvailable(vring);
-        } catch (err) {
-          vring.fail(err as Error);
-        }
-        return;
-      }
-      const handle = device.handleChain;
-      if (!handle) return;
-      for (let chain = vring.pop(); chain; chain = vring.pop()) {
-        try {
-          handle.call(device, vring, chain);
-        } catch (err) {
-          // Give the chain back (length 0) so the ring's inflight count can reach zero for stop and reset.
-          vring.complete(chain, 0);
-          vring.fail(err as Error);
-          return;
-        }
-      }
-    });
-    return true;
-  }
-
-  /**
-   * Poll every running ring until none had work for `pollUs`, then turn kicks back on; a ring that got buffers
-   * while kicks were off is found by the re-check and polling goes on.
-   */
-  #poll(): void {
-    if (this.#polling) return;
-    this.#polling = true;
-    const window = this.#pollUs / 1000;
-    const rings = this.vrings.filter((v) => v.started && v.enabled && !v.error);
-    try {
-      for (const v of rings) v.queue!.setNotification(false);
-      let deadline = performance.now() + window;
-      for (;;) {
-        let busy = false;
-        for (const v of rings) {
-          if (v.hasAvailable() && this.#process(v)) busy = true;
-        }
-        if (busy) {
-          deadline = performance.now() + window;
-          continue;
-        }
-        if (performance.now() < deadline) continue;
-        let pending = false;
-        for (const v of rings) if (v.queue?.setNotification(true)) pending = true;
-        if (!pending) return;
-        for (const v of rings) v.queue?.setNotification(false);
-        deadline = performance.now() + window;
-      }
-    } finally {
-      for (const v of rings) v.queue?.setNotification(true);
-      this.#polling = false;
-    }
+    this.#poller.kicked(vring);
   }
 
   broken(vring: Vring, error: Error): void {
@@ -200,6 +174,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     const eventIdx = hasFeature(features, CommonFeature.EVENT_IDX);
     const indirect = hasFeature(features, CommonFeature.INDIRECT_DESC);
     const autoEnable = !hasFeature(features, CommonFeature.PROTOCOL_FEATURES);
+    this.#workers?.broadcast({ t: 'features', eventIdx, indirect });
     for (const v of this.vrings) {
       v.eventIdx = eventIdx;
       v.indirect = indirect;
@@ -214,7 +189,8 @@ export class DeviceBackend implements BackendHandler, VringOwner {
       // Without PROTOCOL_FEATURES rings are enabled as soon as they start.
       if (autoEnable && !v.enabled) {
         v.enabled = true;
-        this.device.ringEnableChanged?.(v);
+        if (this.#remote[v.index]) this.#workers!.post(v.index, { t: 'enable', index: v.index, enabled: true });
+        else this.device.ringEnableChanged?.(v);
       }
     }
     this.device.featuresNegotiated?.(features);
@@ -284,7 +260,20 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     // The fds are ours only once we return normally (on a throw the connection closes them): close them here.
     for (const fd of fds) closeQuietly(fd);
     for (const v of this.vrings) v.remap(this.memory);
+    // Workers finish their requests on the old table and take the new one before the old goes.
+    await this.#shareMemory(true);
     for (const r of old) r.release();
+  }
+
+  /** Give the workers the current table; with `quiesce` they first finish their requests in flight. */
+  async #shareMemory(quiesce: boolean): Promise<void> {
+    const workers = this.#workers;
+    if (!workers) return;
+    const regions = this.memory.regions.map((r) => ({
+      desc: { guestPhysAddr: r.guestPhysAddr, size: r.size, userAddr: r.userAddr, mmapOffset: r.mmapOffset },
+      buffer: r.buffer as SharedArrayBuffer,
+    }));
+    await workers.askAll({ t: 'memory', regions, quiesce });
   }
 
   async addMemRegion(region: RegionDescription, fd: number): Promise<void> {
@@ -297,6 +286,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     }
     closeQuietly(fd);
     for (const v of this.vrings) v.remap(this.memory);
+    await this.#shareMemory(false);
   }
 
   async removeMemRegion(region: RegionDescription): Promise<void> {
@@ -308,6 +298,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
       throw new ProtocolError(`REM_MEM_REG: ${(err as Error).message}`);
     }
     for (const v of this.vrings) v.remap(this.memory);
+    await this.#shareMemory(true);
     removed.release();
   }
 
@@ -317,7 +308,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     if (n === 0 || n > this.device.maxQueueSize || (n & (n - 1)) !== 0) {
       throw new ProtocolError(`SET_VRING_NUM: size ${n} is not a power of two in 1..${this.device.maxQueueSize}`);
     }
-    if (v.started) throw new ProtocolError(`SET_VRING_NUM: queue ${state.index} is running`);
+    if (this.#running(v)) throw new ProtocolError(`SET_VRING_NUM: queue ${state.index} is running`);
     v.size = n;
   }
 
@@ -326,19 +317,19 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     v.addresses = { desc: address.desc, avail: address.avail, used: address.used };
     // A running ring gets new addresses when the frontend toggles logging; re-translate.
     if (v.started) v.remap(this.memory);
+    else if (this.#remoteRunning.has(v.index)) this.#workers!.post(v.index, { t: 'addr', index: v.index, addresses: v.addresses });
   }
 
   setVringBase(state: VringState): void {
     const v = this.#ring(state.index, 'SET_VRING_BASE');
     if (state.num > 0xffff) throw new ProtocolError(`SET_VRING_BASE: ${state.num} is not a split-ring index`);
-    if (v.started) throw new ProtocolError(`SET_VRING_BASE: queue ${state.index} is running`);
+    if (this.#running(v)) throw new ProtocolError(`SET_VRING_BASE: queue ${state.index} is running`);
     v.base = state.num;
   }
 
   async getVringBase(index: number): Promise<number> {
     const v = this.#ring(index, 'GET_VRING_BASE');
-    this.device.ringStopping?.(v);
-    const base = await v.stop();
+    const base = await this.#stopRing(v);
     // After GET_VRING_BASE the ring is stopped and, with PROTOCOL_FEATURES, disabled.
     if (hasFeature(this.#features, CommonFeature.PROTOCOL_FEATURES)) v.enabled = false;
     return base;
@@ -349,21 +340,64 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     if (fd === undefined) {
       throw new ProtocolError('SET_VRING_KICK: polled rings (NOFD) are not supported; send a kick eventfd');
     }
-    if (v.started) throw new ProtocolError(`SET_VRING_KICK: queue ${index} is already running`);
+    if (this.#running(v)) throw new ProtocolError(`SET_VRING_KICK: queue ${index} is already running`);
+    if (this.#remote[index]) {
+      this.#startRemote(v, fd);
+      return;
+    }
     if (this.#inflight && !v.inflight) v.inflight = this.#inflightQueue(index);
     v.start(fd, this.memory, this.device.maxChainLength);
+    if (v.started) this.#poller.add(v);
     if (!v.started) return;
     this.device.ringStarted?.(v);
     // Buffers made available before the kick fd existed, or left in flight by a previous backend.
     this.available(v);
   }
 
+  /** Hand queue `index`'s kick fd and state to its worker. */
+  #startRemote(v: Vring, kickFd: number): void {
+    if (v.size === 0 || v.addresses === undefined) {
+      closeQuietly(kickFd);
+      v.fail(new Error(`queue ${v.index} kicked before its size and addresses were set`));
+      return;
+    }
+    const area = this.#inflight;
+    let inflight: { buffer: SharedArrayBuffer; offset: number; queueSize: number } | undefined;
+    if (area && v.index < area.description.numQueues) {
+      const perQueue = inflightQueueSize(area.description.queueSize);
+      inflight = { buffer: area.buffer, offset: area.description.mmapOffset + v.index * perQueue,
+        queueSize: area.description.queueSize };
+    }
+    this.#workers!.post(v.index, {
+      t: 'start', index: v.index, size: v.size, addresses: v.addresses, base: v.base, eventIdx: v.eventIdx,
+      indirect: v.indirect, enabled: v.enabled, kickFd, maxChainLength: this.device.maxChainLength, inflight,
+    });
+    this.#remoteRunning.add(v.index);
+  }
+
+  /** Stop a ring wherever it runs; resolves with its next avail index once nothing of it is in flight. */
+  async #stopRing(v: Vring): Promise<number> {
+    if (this.#remoteRunning.has(v.index)) {
+      const base = await this.#workers!.ask(v.index, { t: 'stop', index: v.index });
+      this.#remoteRunning.delete(v.index);
+      v.base = base ?? v.base;
+      return v.base;
+    }
+    this.#poller.remove(v);
+    if (v.started) this.device.ringStopping?.(v);
+    return v.stop();
+  }
+
   setVringCall(index: number, fd: number | undefined): void {
-    this.#ring(index, 'SET_VRING_CALL').setCallFd(fd);
+    const v = this.#ring(index, 'SET_VRING_CALL');
+    if (this.#remote[index]) this.#workers!.post(index, { t: 'call', index, fd: fd ?? -1 });
+    else v.setCallFd(fd);
   }
 
   setVringErr(index: number, fd: number | undefined): void {
-    this.#ring(index, 'SET_VRING_ERR').setErrFd(fd);
+    const v = this.#ring(index, 'SET_VRING_ERR');
+    if (this.#remote[index]) this.#workers!.post(index, { t: 'err', index, fd: fd ?? -1 });
+    else v.setErrFd(fd);
   }
 
   setVringEnable(index: number, enable: boolean): void {
@@ -373,6 +407,10 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     }
     if (v.enabled === enable) return;
     v.enabled = enable;
+    if (this.#remote[index]) {
+      this.#workers!.post(index, { t: 'enable', index, enabled: enable });
+      return;
+    }
     this.device.ringEnableChanged?.(v);
     if (enable) this.available(v);
   }
@@ -491,10 +529,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
 
   async #stopAll(): Promise<void> {
     await Promise.all(this.vrings.map(async (v) => {
-      if (v.started) {
-        this.device.ringStopping?.(v);
-        await v.stop();
-      }
+      if (this.#running(v)) await this.#stopRing(v);
     }));
   }
 
@@ -504,6 +539,15 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     try {
       await this.#stopAll();
       for (const v of this.vrings) v.dispose();
+      // The workers close the fds they were given and drop their view of guest memory.
+      if (this.#workers) {
+        try {
+          await this.#workers.askAll({ t: 'reset' });
+        } catch (err) {
+          this.#log.error(`queue workers did not reset: ${(err as Error).message}`);
+        }
+        this.#workers.onBroken = undefined;
+      }
       this.#backendChannel?.close();
       this.#backendChannel = undefined;
       if (this.#inflight) native.unmapNow(this.#inflight.buffer);

@@ -4,6 +4,7 @@
  * notifications.
  */
 import type { DescriptorChain } from '../virtqueue/chain.js';
+import type { RingHandler } from './processing.js';
 import type { Vring } from './vring.js';
 
 /** A virtio device served by {@link DeviceBackend}. */
@@ -63,6 +64,39 @@ export interface VirtioDevice {
   statusChanged?(status: number): void;
 
   /** The frontend went away or reset the device: forget per-connection state. Storage stays. */
+  reset?(): void | Promise<void>;
+
+  /**
+   * Serve queues on worker threads (`--workers N`): the module a worker imports and the data its
+   * `createQueueHandler` export gets (structured-cloneable; SharedArrayBuffers are shared, fds are plain numbers
+   * of this process). Undefined when this device, as configured, runs on the connection's thread only.
+   */
+  queueWorker?(): QueueWorkerSpec | undefined;
+  /** May queue `index` go to a worker? (Default: every queue.) Control queues usually stay. */
+  workerQueue?(index: number): boolean;
+  /** Workers serve some queues: `broadcast` sends `data` to every worker's {@link QueueHandler.update}. */
+  attachWorkers?(broadcast: (data: unknown) => void): void;
+}
+
+/** Where a worker finds a device's queue handler. */
+export interface QueueWorkerSpec {
+  /** URL (`import.meta.url`-relative) of a module exporting `createQueueHandler` ({@link CreateQueueHandler}). */
+  module: string;
+  /** Its argument. */
+  data: unknown;
+}
+
+/** What a device's worker module exports as `createQueueHandler`. */
+export type CreateQueueHandler = (data: unknown) => QueueHandler | Promise<QueueHandler>;
+
+/** A device's ring processing on one worker thread (one per worker, for every queue the worker serves). */
+export interface QueueHandler extends RingHandler {
+  ringStarted?(vring: Vring): void;
+  ringStopping?(vring: Vring): void;
+  ringEnableChanged?(vring: Vring): void;
+  /** Data the device broadcast (see {@link VirtioDevice.attachWorkers}). */
+  update?(data: unknown): void;
+  /** The frontend went away or reset the device. */
   reset?(): void | Promise<void>;
 }
 

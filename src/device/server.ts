@@ -8,15 +8,22 @@ import { BackendConnection } from '../protocol/backend.js';
 import { logger as makeLogger, type Logger } from '../util/log.js';
 import { DeviceBackend } from './backend.js';
 import type { VirtioDevice } from './device.js';
+import { WorkerPool } from './worker/pool.js';
 
 /** Options for {@link DeviceServer}. */
 export type DeviceServerOptions = EndpointOptions & {
   logger?: Logger;
   /**
-   * Adaptive polling window in microseconds (default 0: notifications only). After a kick the rings are polled
-   * with kicks suppressed until they were idle this long. It spends CPU to save notification round trips.
+   * Most microseconds of adaptive polling (default 0: notifications only). After a kick the rings are polled
+   * with kicks suppressed until they were idle this long; the window shrinks when polling does not pay (see
+   * `RingPoller`). It spends CPU to save notification round trips.
    */
   pollUs?: number;
+  /**
+   * Serve the device's queues on this many worker threads (default 0: on the connection's thread). The device
+   * must support it (`VirtioDevice.queueWorker`); otherwise {@link DeviceServer.ready} rejects.
+   */
+  workers?: number;
 };
 
 /**
@@ -29,11 +36,18 @@ export class DeviceServer extends EventEmitter {
   #backend: DeviceBackend | undefined;
   #previous: DeviceBackend | undefined;
   #idle: Promise<void> = Promise.resolve();
+  #pool: WorkerPool | undefined;
+  /** Resolves when the server can serve (its queue workers are up); rejects if they cannot start. */
+  readonly ready: Promise<void>;
 
   constructor(device: VirtioDevice, options: DeviceServerOptions) {
     super();
     this.device = device;
     this.#log = options.logger ?? makeLogger('server');
+    const workers = options.workers ?? 0;
+    this.ready = workers > 0 ? this.#startWorkers(workers, options.pollUs ?? 0) : Promise.resolve();
+    // Frontends wait for the workers; a failure is reported through `ready` (and its connection is closed).
+    this.#idle = this.ready.catch(() => undefined);
     this.endpoint = new Endpoint({ ...options, logger: this.#log }, (connection) => {
       // A new frontend waits until the previous one's cleanup (ring drain, device reset) is finished.
       const previous = this.#idle;
@@ -41,18 +55,36 @@ export class DeviceServer extends EventEmitter {
       if (pending > 0) this.#log.info(`new frontend waits for ${pending} request(s) of the previous one to complete`);
       let done!: () => void;
       this.#idle = new Promise((resolve) => (done = resolve));
-      const backend = new DeviceBackend(device, this.#log.child(connection.name), (reason) => {
-        if (this.#backend === backend) this.#backend = undefined;
-        done();
-        this.emit('disconnect', reason);
-      }, options.pollUs ?? 0);
-      this.#backend = backend;
-      this.#previous = backend;
       void previous.then(() => {
+        if (workers > 0 && !this.#pool) {
+          this.#log.error('frontend refused: the queue workers did not start');
+          connection.close();
+          done();
+          return;
+        }
+        const backend = new DeviceBackend(device, this.#log.child(connection.name), (reason) => {
+          if (this.#backend === backend) this.#backend = undefined;
+          done();
+          this.emit('disconnect', reason);
+        }, { pollUs: options.pollUs ?? 0, workers: this.#pool });
+        this.#backend = backend;
+        this.#previous = backend;
         new BackendConnection(connection, backend, this.#log.child(connection.name));
         this.emit('connect', backend);
       });
     });
+  }
+
+  async #startWorkers(count: number, pollUs: number): Promise<void> {
+    const spec = this.device.queueWorker?.();
+    if (!spec) throw new Error('this device cannot serve its queues on worker threads');
+    this.#pool = await WorkerPool.start(spec, { workers: count, pollUs, logger: this.#log });
+    this.device.attachWorkers?.((data) => this.#pool?.broadcast({ t: 'update', data }));
+  }
+
+  /** The queue workers, when the server has them. */
+  get workers(): WorkerPool | undefined {
+    return this.#pool;
   }
 
   /** The backend of the connected frontend, if any. */
@@ -70,5 +102,6 @@ export class DeviceServer extends EventEmitter {
   async close(): Promise<void> {
     this.endpoint.close();
     await this.#idle;
+    await this.#pool?.close();
   }
 }

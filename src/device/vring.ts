@@ -60,6 +60,7 @@ export class Vring {
   #flushScheduled = false;
   #pendingCompletions = 0;
   #processing = false;
+  #stopping = false;
   #resubmit: DescriptorChain[] = [];
 
   constructor(index: number, owner: VringOwner, log: Logger) {
@@ -110,6 +111,7 @@ export class Vring {
     closeQuietly(this.#kickFd);
     this.#kickFd = kickFd;
     this.#error = undefined;
+    this.#stopping = false;
     if (this.size === 0 || this.addresses === undefined) {
       this.fail(new Error(`queue ${this.index} kicked before its size and addresses were set`));
       return;
@@ -139,6 +141,8 @@ export class Vring {
         return;
       }
     }
+    // A previous backend may have left kicks suppressed (it was polling when it died): ask for them again.
+    queue.setNotification(true);
     this.#queue = queue;
     this.#watcher = native.watch(kickFd, () => this.#onKick());
     this.#watcher.start(Readiness.READABLE);
@@ -170,12 +174,15 @@ export class Vring {
    */
   async stop(): Promise<number> {
     this.stopWatching();
+    // Nothing more is popped, whoever asks (a poll loop, a device's own schedule): only completions.
+    this.#stopping = true;
     await this.whenIdle();
     this.flush();
     const queue = this.#queue;
     const base = queue ? queue.lastAvailIdx : this.base;
     this.#queue = undefined;
     this.#resubmit = [];
+    this.#stopping = false;
     this.base = base;
     closeQuietly(this.#kickFd);
     this.#kickFd = -1;
@@ -204,7 +211,7 @@ export class Vring {
    */
   pop(): DescriptorChain | null {
     const queue = this.#queue;
-    if (!queue || this.#error) return null;
+    if (!queue || this.#error || this.#stopping) return null;
     let chain: DescriptorChain | null | undefined = this.#resubmit.shift();
     if (chain) {
       this.#inflightCount++;
@@ -223,7 +230,7 @@ export class Vring {
   /** Are chains waiting (without taking any)? */
   hasAvailable(): boolean {
     const queue = this.#queue;
-    if (!queue || this.#error) return false;
+    if (!queue || this.#error || this.#stopping) return false;
     if (this.#resubmit.length > 0) return true;
     try {
       return queue.pending() > 0;
@@ -264,6 +271,16 @@ export class Vring {
     if (!queue || this.#pendingCompletions === 0) return;
     this.#pendingCompletions = 0;
     if (queue.flush()) this.notify();
+  }
+
+  /**
+   * Ask the driver to kick (or not) when it adds buffers (poll mode turns kicks off). Returns true when turning
+   * them on found buffers already waiting: process them, no kick will come for those.
+   */
+  setNotification(enable: boolean): boolean {
+    const queue = this.#queue;
+    if (!queue || this.#error) return false;
+    return queue.setNotification(enable) && !this.#stopping;
   }
 
   /** Signal the call fd. */

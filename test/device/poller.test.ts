@@ -1,0 +1,97 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { DeviceServer } from '../../src/device/server.js';
+import { VirtioDriver } from '../../src/driver/driver.js';
+import { CommonFeature, featureMask } from '../../src/virtio/constants.js';
+import { VRING_USED_F_NO_NOTIFY } from '../../src/virtqueue/layout.js';
+import { EchoDevice } from '../helpers/echo-device.js';
+import { sleep, tempDir, waitUntil } from '../helpers/tmp.js';
+
+async function withServer(pollUs: number, fn: (driver: VirtioDriver, server: DeviceServer) => Promise<void>,
+  features?: bigint): Promise<void> {
+  const { dir, cleanup } = tempDir();
+  const socketPath = path.join(dir, 'echo.sock');
+  const server = new DeviceServer(new EchoDevice(1), { socketPath, pollUs }).listen();
+  const driver = await VirtioDriver.connect({ socketPath, ...(features === undefined ? {} : { features }) });
+  try {
+    await driver.startQueues(1, 64);
+    await fn(driver, server);
+  } finally {
+    driver.close();
+    await server.close();
+    cleanup();
+  }
+}
+
+async function echo(driver: VirtioDriver, text: string): Promise<string> {
+  const data = Buffer.from(text);
+  const addr = driver.ram.alloc(data.length, 8);
+  driver.ram.bytes(addr, data.length).set(data);
+  const out = driver.ram.alloc(64, 8);
+  const len = await driver.submit(0, [{ addr, len: data.length }], [{ addr: out, len: 64 }]);
+  return Buffer.from(driver.ram.bytes(out, len)).toString();
+}
+
+const NO_EVENT_IDX = ~featureMask(CommonFeature.EVENT_IDX) & ((1n << 64n) - 1n);
+
+test('notification mode (poll 0): every request is a kick', async () => {
+  await withServer(0, async (driver, server) => {
+    for (let i = 0; i < 20; i++) assert.equal(await echo(driver, `n${i}`), `N${i}`);
+    const stats = server.backend!.poller.stats;
+    assert.equal(stats.polledPasses, 0);
+    assert.ok(stats.kicks >= 20, `${stats.kicks} kicks`);
+  });
+});
+
+test('poll mode: after the first kick the ring is watched with kicks off, and requests need no kick', async () => {
+  // A 1 s window: the requests below come far faster than that.
+  await withServer(1_000_000, async (driver, server) => {
+    assert.equal(await echo(driver, 'first'), 'FIRST');
+    const poller = server.backend!.poller;
+    assert.equal(poller.polling, true);
+    assert.equal(driver.queue(0).readUsedFlags() & VRING_USED_F_NO_NOTIFY, VRING_USED_F_NO_NOTIFY);
+    const kicksBefore = poller.stats.kicks;
+    for (let i = 0; i < 20; i++) assert.equal(await echo(driver, `p${i}`), `P${i}`);
+    assert.equal(poller.stats.kicks, kicksBefore, 'no wake-up by kick while polling');
+    assert.ok(poller.stats.polledPasses >= 20, `${poller.stats.polledPasses} polled passes`);
+  }, NO_EVENT_IDX);
+});
+
+test('poll mode: when the window passes, kicks are re-enabled and the next request is still served', async () => {
+  await withServer(2_000, async (driver, server) => {
+    assert.equal(await echo(driver, 'a'), 'A');
+    const poller = server.backend!.poller;
+    await waitUntil(() => !poller.polling, 2000, 'polling to end');
+    assert.equal(driver.queue(0).readUsedFlags() & VRING_USED_F_NO_NOTIFY, 0, 'kicks are on again');
+    assert.ok(poller.stats.sleeps >= 1);
+    assert.equal(await echo(driver, 'b'), 'B');
+  }, NO_EVENT_IDX);
+});
+
+test('poll mode with EVENT_IDX: kicks are asked for again (avail_event) when polling ends', async () => {
+  await withServer(2_000, async (driver, server) => {
+    assert.equal(await echo(driver, 'a'), 'A');
+    const poller = server.backend!.poller;
+    await waitUntil(() => !poller.polling, 2000, 'polling to end');
+    const q = driver.queue(0);
+    assert.equal(q.readAvailEvent(), q.availIdx, 'avail_event asks for a kick at the next buffer');
+    assert.equal(await echo(driver, 'b'), 'B');
+  });
+});
+
+test('adaptive window: slow kicks shrink it to nothing, fast requests grow it back', async () => {
+  await withServer(2_000, async (driver, server) => {
+    const poller = server.backend!.poller;
+    assert.equal(poller.windowUs, 2_000);
+    // Requests 30 ms apart: polling 2 ms after each never catches the next.
+    for (let i = 0; i < 12 && poller.windowUs > 0; i++) {
+      await echo(driver, `s${i}`);
+      await sleep(30);
+    }
+    assert.equal(poller.windowUs, 0);
+    // Back-to-back requests come much sooner than 2 ms after the previous: polling would pay again.
+    for (let i = 0; i < 50 && poller.windowUs === 0; i++) await echo(driver, `f${i}`);
+    assert.ok(poller.windowUs > 0, `window ${poller.windowUs}`);
+  });
+});
