@@ -53,6 +53,12 @@ export interface VirtioDevice {
    */
   onAvailable?(vring: Vring): void;
 
+  /**
+   * May the framework's poll loop watch queue `index`? Default: yes with {@link handleChain}, no with
+   * {@link onAvailable} (say yes for rings the device does not manage the notifications of itself).
+   */
+  pollQueue?(index: number): boolean;
+
   /** A ring started (kick fd set) with this state; `vring.enabled` tells whether it may have side effects. */
   ringStarted?(vring: Vring): void;
   /** A ring is stopping; the framework waits for the ring's inflight count to reach 0 after this. */

@@ -62,8 +62,9 @@ export class RingPoller {
     return this.#polling;
   }
 
-  /** A started ring this thread serves. */
+  /** A started ring this thread serves (ignored when the handler does not let it be polled). */
   add(vring: Vring): void {
+    if (!(this.#handler.pollQueue?.(vring.index) ?? this.#handler.onAvailable === undefined)) return;
     this.#rings.add(vring);
     if (this.#polling) vring.setNotification(false);
   }
@@ -81,6 +82,7 @@ export class RingPoller {
       if (this.#sleepSince >= 0) this.#adapt((performance.now() - this.#sleepSince) * 1000);
       this.#sleepSince = -1;
     }
+    vring.polledAvailIdx = vring.availIdx();
     if (!processRing(this.#handler, vring)) return;
     if (this.#maxUs === 0 || this.#windowUs === 0 || this.#polling || !this.#rings.has(vring)) {
       if (!this.#polling) this.#sleepSince = performance.now();
@@ -116,7 +118,11 @@ export class RingPoller {
       let busy = false;
       let inflight = false;
       for (const v of this.#rings) {
-        if (processable(handler, v) && v.hasAvailable()) {
+        // New buffers since the last pass (not merely buffers waiting: a receive ring holds buffers until
+        // frames come, and must not keep the loop busy).
+        const idx = v.availIdx();
+        if (idx >= 0 && idx !== v.polledAvailIdx && processable(handler, v)) {
+          v.polledAvailIdx = idx;
           processRing(handler, v);
           busy = true;
         }
@@ -130,7 +136,11 @@ export class RingPoller {
         // Idle for the window: kicks back on, then look once more (a buffer added before the flag reached the
         // driver would otherwise wait for a kick that never comes).
         let pending = false;
-        for (const v of this.#rings) if (v.setNotification(true) && processable(handler, v)) pending = true;
+        for (const v of this.#rings) {
+          v.setNotification(true);
+          const idx = v.availIdx();
+          if (idx >= 0 && idx !== v.polledAvailIdx && processable(handler, v)) pending = true;
+        }
         if (!pending) {
           this.#polling = false;
           this.stats.sleeps++;

@@ -9,6 +9,11 @@ import type { Vring } from './vring.js';
 export interface RingHandler {
   handleChain?(vring: Vring, chain: DescriptorChain): void;
   onAvailable?(vring: Vring): void;
+  /**
+   * May the poll loop watch queue `index`? Default: yes for chain handlers, no for handlers with `onAvailable`
+   * (they consume buffers on their own schedule and may manage a ring's notifications themselves).
+   */
+  pollQueue?(index: number): boolean;
 }
 
 /** May the ring be processed now? Disabled rings are processed only by handlers that take buffers themselves. */

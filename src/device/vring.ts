@@ -227,6 +227,24 @@ export class Vring {
     return chain;
   }
 
+  /**
+   * The driver's avail.idx (u16), or -1 when the ring cannot be processed (not started, broken, stopping).
+   * Chains the previous backend left in flight count as one more change so they are not overlooked.
+   */
+  availIdx(): number {
+    const queue = this.#queue;
+    if (!queue || this.#error || this.#stopping) return -1;
+    try {
+      return (queue.lastAvailIdx + queue.pending() + (this.#resubmit.length > 0 ? 0x10000 : 0));
+    } catch (err) {
+      this.fail(err as Error);
+      return -1;
+    }
+  }
+
+  /** The {@link availIdx} the poll loop last processed the ring at (its business). */
+  polledAvailIdx = -1;
+
   /** Are chains waiting (without taking any)? */
   hasAvailable(): boolean {
     const queue = this.#queue;

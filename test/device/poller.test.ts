@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { DeviceServer } from '../../src/device/server.js';
+import type { Vring } from '../../src/device/vring.js';
 import { VirtioDriver } from '../../src/driver/driver.js';
 import { CommonFeature, featureMask } from '../../src/virtio/constants.js';
 import { VRING_USED_F_NO_NOTIFY } from '../../src/virtqueue/layout.js';
@@ -94,4 +95,46 @@ test('adaptive window: slow kicks shrink it to nothing, fast requests grow it ba
     for (let i = 0; i < 50 && poller.windowUs === 0; i++) await echo(driver, `f${i}`);
     assert.ok(poller.windowUs > 0, `window ${poller.windowUs}`);
   });
+});
+
+/** Queue 0 echoes; queue 1 is like a receive ring: it keeps the driver's buffers and never takes them. */
+class HoldingDevice extends EchoDevice {
+  rxPasses = 0;
+  constructor() {
+    super(2);
+  }
+
+  pollQueue(): boolean {
+    return true;
+  }
+
+  onAvailable(vring: Vring): void {
+    if (vring.index === 1) {
+      this.rxPasses++;
+      return;
+    }
+    for (let c = vring.pop(); c; c = vring.pop()) this.handleChain(vring, c);
+  }
+}
+
+test('poll mode: buffers a device keeps waiting (a receive ring) do not keep the loop busy', async () => {
+  const { dir, cleanup } = tempDir();
+  const socketPath = path.join(dir, 'hold.sock');
+  const device = new HoldingDevice();
+  const server = new DeviceServer(device, { socketPath, pollUs: 2_000 }).listen();
+  const driver = await VirtioDriver.connect({ socketPath });
+  try {
+    await driver.startQueues(2, 16);
+    // Receive buffers posted once: the device is told once, then the loop must go idle with them still there.
+    for (let i = 0; i < 4; i++) void driver.submit(1, [], [{ addr: driver.ram.alloc(64, 8), len: 64 }]).catch(() => 0);
+    await sleep(20);
+    const poller = server.backend!.poller;
+    assert.equal(await echo(driver, 'go'), 'GO');
+    await waitUntil(() => !poller.polling, 2000, 'polling to end while receive buffers wait');
+    assert.ok(device.rxPasses >= 1 && device.rxPasses <= 3, `${device.rxPasses} passes over the receive ring`);
+  } finally {
+    driver.close();
+    await server.close();
+    cleanup();
+  }
 });
