@@ -5,9 +5,14 @@
  * {@link FrontendConnection}), and the layers below for those who build their own.
  */
 export { DeviceServer, type DeviceServerOptions } from './device/server.js';
-export { DeviceBackend, offeredFeatures, offeredProtocolFeatures } from './device/backend.js';
-export type { VirtioDevice, ConfigChangeNotifier } from './device/device.js';
+export { DeviceBackend, offeredFeatures, offeredProtocolFeatures, type DeviceBackendOptions } from './device/backend.js';
+export type {
+  VirtioDevice, ConfigChangeNotifier, QueueHandler, QueueWorkerSpec, CreateQueueHandler,
+} from './device/device.js';
 export { Vring } from './device/vring.js';
+export { RingPoller, type PollerStats } from './device/poller.js';
+export { processRing, type RingHandler } from './device/processing.js';
+export { WorkerPool, type WorkerPoolOptions } from './device/worker/pool.js';
 export { VirtioDriver, type DriverOptions, type BufferRef } from './driver/driver.js';
 export { GuestRam } from './driver/guest-ram.js';
 export { FrontendConnection, RequestFailed } from './protocol/frontend.js';
