@@ -1,31 +1,23 @@
 /**
- * The two backends the benchmark compares, both on a null disk: our `vhost-user blk --null` and
- * qemu-storage-daemon's vhost-user-blk export of a `null-co` node.
+ * The peer bench:blk compares our daemon with: qemu-storage-daemon's vhost-user-blk export of a `null-co` node
+ * (null cases) or of a `file` node with `aio=threads` or `aio=io_uring` (file cases).
  */
 import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import { BenchDaemon } from '../common/daemon.js';
-import { cliPath } from '../common/paths.js';
 
-export type BackendName = 'ours' | 'qsd';
+/** qemu-storage-daemon's ways of doing file I/O that the bench compares with. */
+export type QsdAio = 'threads' | 'io_uring';
 
-/** How to start a backend for one case. */
-export interface BackendOptions {
+/** How to start qemu-storage-daemon for one case. */
+export interface QsdOptions {
   socketPath: string;
-  /** Disk size in bytes. */
+  /** Size of the null disk (ignored with `image`). */
   size: number;
+  /** Export this image file (a `file` node) instead of a null disk. */
+  image?: string;
+  /** With `image`: the file node's `aio` (default threads). */
+  aio?: QsdAio;
   queues: number;
-  /** ours only: write a V8 CPU profile (`node --cpu-prof`) into this directory. */
-  cpuProfileDir?: string;
-}
-
-/** Is our blk daemon built (dist/src/cli/main.js with the `blk` command)? Returns why not, or undefined. */
-export function oursUnavailable(): string | undefined {
-  if (!fs.existsSync(cliPath)) return `${path.relative(process.cwd(), cliPath)} is missing (run npx tsc -p tsconfig.json)`;
-  const r = spawnSync(process.execPath, [cliPath, 'blk', '--help'], { encoding: 'utf8', timeout: 15_000 });
-  if (r.status !== 0) return `'vhost-user blk' is not available: ${(r.stderr || r.stdout).trim().split('\n')[0]}`;
-  return undefined;
 }
 
 /** Is qemu-storage-daemon installed? Returns why not, or undefined. */
@@ -34,32 +26,22 @@ export function qsdUnavailable(): string | undefined {
   return r.status === 0 ? undefined : 'qemu-storage-daemon is not installed (apt-get install qemu-system-common)';
 }
 
-/** Start our daemon on a null disk. */
-export function startOurs(o: BackendOptions): Promise<BenchDaemon> {
-  const node = o.cpuProfileDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfileDir] : [];
-  return BenchDaemon.start({
-    name: 'vhost-user blk',
-    command: process.execPath,
-    args: [...node, cliPath, 'blk', '--socket-path', o.socketPath, '--null', String(o.size), '--num-queues', String(o.queues),
-      '--log-level', 'warn'],
-    socketPath: o.socketPath,
-  });
+/** The `--blockdev` value for node `n0`. */
+export function qsdBlockdev(o: QsdOptions): string {
+  if (!o.image) return `driver=null-co,node-name=n0,size=${o.size}`;
+  // QEMU's option syntax doubles commas inside values. Page cache on (cache.direct=off), as our daemon reads.
+  return `driver=file,node-name=n0,filename=${o.image.replace(/,/g, ',,')},aio=${o.aio ?? 'threads'},cache.direct=off`;
 }
 
-/** Start qemu-storage-daemon exporting a null-co node. */
-export function startQsd(o: BackendOptions): Promise<BenchDaemon> {
+/** Start qemu-storage-daemon exporting a null-co or file node. */
+export function startQsd(o: QsdOptions): Promise<BenchDaemon> {
   return BenchDaemon.start({
-    name: 'qemu-storage-daemon',
+    name: `qemu-storage-daemon${o.image ? ` (aio=${o.aio ?? 'threads'})` : ''}`,
     command: 'qemu-storage-daemon',
     args: [
-      '--blockdev', `driver=null-co,node-name=n0,size=${o.size}`,
+      '--blockdev', qsdBlockdev(o),
       '--export', `type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=${o.socketPath},writable=on,num-queues=${o.queues}`,
     ],
     socketPath: o.socketPath,
   });
-}
-
-/** Start one of the two. */
-export function startBackend(name: BackendName, o: BackendOptions): Promise<BenchDaemon> {
-  return name === 'ours' ? startOurs(o) : startQsd(o);
 }

@@ -1,175 +1,96 @@
 #!/usr/bin/env node
 /**
- * `npm run bench:blk`: our virtio-blk daemon against qemu-storage-daemon, both on null disks, driven by the C
- * driver (bench/blk/driver/) with the same parameters: 4 KiB random reads at queue depth 1, 32 and 128 on 1 and
- * 2 queues, and 1 MiB sequential reads. Reports IOPS (or throughput), the backend's CPU time per I/O from
- * /proc/<pid>/stat, our/their ratios, the driver's own ceiling (an in-process device that completes at once),
- * and as a note what our TypeScript frontend reaches. Writes bench/results/blk-<time>.json and blk-latest.json.
+ * `npm run bench:blk`: our virtio-blk daemon against qemu-storage-daemon, driven by the C driver
+ * (bench/blk/driver/) with the same parameters: 4 KiB random reads at queue depth 1, 32 and 128 on 1 and 2 queues
+ * and 1 MiB sequential reads on null disks, then 4 KiB random and 1 MiB sequential reads of an image file in the
+ * page cache (qemu-storage-daemon's file driver with aio=threads and aio=io_uring). Reports IOPS (or throughput),
+ * the backend's CPU time per I/O from /proc/<pid>/stat, our/their ratios, the driver's own ceiling (an in-process
+ * device that completes at once), and as a note what our TypeScript frontend reaches. Our daemon can run with
+ * several settings in one run (--variant). Writes bench/results/blk-<time>.json and blk-latest.json.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatProfile, summarizeCpuProfile, type ProfileSummary } from '../common/cpuprofile.js';
-import type { BenchDaemon } from '../common/daemon.js';
-import { repoRoot } from '../common/paths.js';
+import { CASES, type BenchCase } from '../common/cases.js';
+import { buildDriver, runDriver, writePatternImage } from '../common/c-driver.js';
+import { formatProfile, profileMarkdown } from '../common/cpuprofile.js';
+import { prepareImage, type CachedImage } from '../common/image.js';
+import { oursUnavailable, startOurs, type OursVariant } from '../common/ours.js';
+import { repoRoot, resultsDir } from '../common/paths.js';
+import { profileDaemon, type ProfileRun } from '../common/profile.js';
 import { hostInfo, toolVersion, writeResults } from '../common/results.js';
-import { waitForQuiet } from '../common/system.js';
-import { markdownTable, ratio, si, textTable } from '../common/table.js';
-import { oursUnavailable, qsdUnavailable, startBackend, startQsd, type BackendName } from './backends.js';
-import { buildBlkDriver, runBlkDriver, DriverError, type DriverReport, type DriverRun } from './c-driver.js';
+import {
+  anyFailed, anyNoisy, casesJson, cleanups, commonHelp, commonOptions, driverParams, errorLines, NOISY_CORES, paramsJson,
+  parseCommon, resultsTable, runCase, runMain, sizeText, sideRatio, withDaemon, type CaseRun, type Side, type TableLayout,
+} from '../common/runner.js';
+import { markdownTable, si, textTable } from '../common/table.js';
+import { qsdUnavailable, startQsd } from './backends.js';
 import { runTsDriver, type TsDriverReport } from './ts-driver.js';
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
+/** The peers, by label. */
+const PEERS = ['qsd', 'qsd-uring'] as const;
+type Peer = (typeof PEERS)[number];
+const PEER_TITLES: Record<Peer, string> = { qsd: 'qemu-storage-daemon', 'qsd-uring': 'qsd io_uring' };
 
-/** One benchmark case. Queue depth is per queue. */
-export interface BenchCase {
-  name: string;
-  bs: number;
-  pattern: 'rand' | 'seq';
-  qd: number;
-  queues: number;
-}
-
-export const CASES: readonly BenchCase[] = [
-  { name: 'rand4k-qd1-q1', bs: 4 * KiB, pattern: 'rand', qd: 1, queues: 1 },
-  { name: 'rand4k-qd32-q1', bs: 4 * KiB, pattern: 'rand', qd: 32, queues: 1 },
-  { name: 'rand4k-qd128-q1', bs: 4 * KiB, pattern: 'rand', qd: 128, queues: 1 },
-  { name: 'rand4k-qd1-q2', bs: 4 * KiB, pattern: 'rand', qd: 1, queues: 2 },
-  { name: 'rand4k-qd32-q2', bs: 4 * KiB, pattern: 'rand', qd: 32, queues: 2 },
-  { name: 'rand4k-qd128-q2', bs: 4 * KiB, pattern: 'rand', qd: 128, queues: 2 },
-  { name: 'seq1m-qd8-q1', bs: 1 * MiB, pattern: 'seq', qd: 8, queues: 1 },
+/**
+ * Issue #8's targets: on null disks at QD 32 on one queue, at least 1.2x qemu-storage-daemon's IOPS with no more
+ * CPU per I/O; on the page-cached image, at least qemu-storage-daemon's file driver (each aio mode measured).
+ */
+const TARGETS: readonly { case: string; minRatio: number; maxCpuRatio?: number }[] = [
+  { case: 'rand4k-qd32-q1', minRatio: 1.2, maxCpuRatio: 1 },
+  { case: 'file-rand4k-qd32-q1', minRatio: 1 },
+  { case: 'file-seq1m-qd8-q1', minRatio: 1 },
 ];
-
-/** The case the issue's target is about: at QD 32 on one queue, at least half of qemu-storage-daemon's IOPS. */
-const TARGET = { case: 'rand4k-qd32-q1', minRatio: 0.5 };
+const PROFILE_CASE = 'rand4k-qd32-q1';
 
 const help = `usage: npm run bench:blk -- [options]
 
-  --time SEC          measured seconds per run (default 3)
-  --warmup SEC        seconds before measuring (default 0.5)
-  --size BYTES        null disk size (default 1073741824)
-  --cases LIST        comma-separated case names (default all: ${CASES.map((c) => c.name).join(', ')})
-  --backends LIST     ours,qsd (default both)
-  --threads N         driver threads per run (default: min(queues, CPUs - 1), at least 1)
-  --pin               pin the driver's threads to the last CPUs
-  --repeat N          runs per case and backend, the backends taking turns; the best undisturbed run is kept
-                      (default 1)
-  --quiet-wait SEC    before each run, wait up to SEC for other processes to go idle (default 5)
+${commonHelp('our daemon')}
+bench:blk only:
+  --backends LIST     ours,qsd,qsd-uring (default all; qsd-uring runs on the file cases only)
   --no-ceiling        skip the driver-ceiling runs
   --no-ts             skip the TypeScript-frontend note
-  --profile [CASE]    afterwards, profile our daemon (node --cpu-prof) on CASE (default ${TARGET.case})
-  --markdown          also print the table as Markdown
-  --out DIR           results directory (default bench/results)
-  --no-write          do not write JSON results
-  -h, --help          this help
+  --profile [CASE]    afterwards, profile our daemon (node --cpu-prof, each variant) on CASE (default ${PROFILE_CASE})
+  --profile-only      only profile (no table); results go to blk-profile-*.json
 `;
 
-/** A window in which other processes used more than this many cores is flagged as disturbed. */
-const NOISY_CORES = 0.3;
-
-type Side = 'ceiling' | BackendName;
-
-interface CaseResult {
-  case: BenchCase;
-  ceiling?: DriverReport;
-  ours?: DriverReport;
-  qsd?: DriverReport;
-  /** IOPS of every repetition. */
-  samples: Partial<Record<Side, number[]>>;
-  errors: Partial<Record<Side, string>>;
-  /** ours / qsd, best runs */
-  iopsRatio?: number;
-  /** ours / qsd, medians of all repetitions */
-  medianIopsRatio?: number;
-  cpuPerIoRatio?: number;
+/** What the profile part of the results says per variant. */
+interface ProfileResult {
+  case: string;
+  variant: OursVariant;
+  run?: ProfileRun;
+  error?: string;
 }
 
-function median(xs: number[] | undefined): number | undefined {
-  if (!xs?.length) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1]! + s[m]!) / 2;
-}
-
-function parseNumber(v: string | undefined, name: string, fallback: number, min: number): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min) throw new Error(`--${name}: '${v}' is not a number >= ${min}`);
-  return n;
-}
-
-const live = new Set<BenchDaemon>();
-
-async function withBackend<T>(name: BackendName, opts: { socketPath: string; size: number; queues: number; cpuProfileDir?: string },
-  fn: (d: BenchDaemon) => Promise<T>): Promise<T> {
-  const daemon = await startBackend(name, opts);
-  live.add(daemon);
-  try {
-    return await fn(daemon);
-  } finally {
-    await daemon.stop();
-    live.delete(daemon);
+function targetLines(runs: readonly CaseRun[], variants: readonly OursVariant[]): { lines: string[]; json: unknown[] } {
+  const lines: string[] = [];
+  const json: unknown[] = [];
+  for (const t of TARGETS) {
+    const run = runs.find((r) => r.case.name === t.case);
+    if (!run) continue;
+    for (const v of variants) {
+      for (const peer of PEERS) {
+        const r = sideRatio(run, v.label, peer);
+        if (!r) continue;
+        const cpuOk = t.maxCpuRatio === undefined || (r.cpuPerIo !== undefined && r.cpuPerIo <= t.maxCpuRatio);
+        const met = r.iops >= t.minRatio && cpuOk;
+        json.push({ ...t, num: v.label, den: peer, ratio: r.iops, medianRatio: r.medianIops, cpuPerIoRatio: r.cpuPerIo, met });
+        lines.push(`target (issue #8): ${t.case} ${v.label}/${peer} = ${r.iops.toFixed(2)} (needs >= ${t.minRatio})` +
+          (t.maxCpuRatio === undefined ? '' : `, CPU/IO ${r.cpuPerIo?.toFixed(2) ?? '?'} (needs <= ${t.maxCpuRatio})`) +
+          `: ${met ? 'met' : 'NOT met'}` +
+          (run.sides[v.label]!.samples.length > 1 && r.medianIops !== undefined ? `; median ratio ${r.medianIops.toFixed(2)}` : ''));
+      }
+    }
   }
-}
-
-function noisy(r: DriverReport): boolean {
-  return r.foreignCpuSec / r.seconds > NOISY_CORES;
-}
-
-function rate(c: BenchCase, r: DriverReport | undefined): string {
-  if (!r) return '–';
-  return (c.pattern === 'seq' ? `${(r.mbps / 1000).toFixed(1)} GB/s` : si(r.iops)) + (noisy(r) ? '*' : '');
-}
-
-/** Prefer undisturbed runs, then the faster one. */
-function better(r: DriverReport, than: DriverReport | undefined): boolean {
-  return !than || (noisy(than) && !noisy(r)) || (noisy(than) === noisy(r) && r.iops > than.iops);
-}
-
-/** Run `fn` `repeat` times, each after waiting for a quiet machine; keep the {@link better} run. */
-async function best(repeat: number, quietWaitMs: number, fn: () => Promise<DriverReport>): Promise<{ best: DriverReport; iops: number[] }> {
-  let top: DriverReport | undefined;
-  const iops: number[] = [];
-  for (let i = 0; i < repeat; i++) {
-    if (quietWaitMs > 0) await waitForQuiet(NOISY_CORES, quietWaitMs);
-    const r = await fn();
-    iops.push(r.iops);
-    if (better(r, top)) top = r;
-  }
-  return { best: top!, iops };
-}
-
-function cpu(r: DriverReport | undefined): string {
-  return r && r.backendCpuUsPerIo >= 0 ? r.backendCpuUsPerIo.toFixed(2) : '–';
-}
-
-function tableRows(results: CaseResult[]): string[][] {
-  const rows = [['case', 'driver ceiling', 'ours', 'qemu-storage-daemon', 'ours/qsd', 'ours CPU µs/IO', 'qsd CPU µs/IO', 'CPU/IO ours/qsd']];
-  for (const r of results) {
-    rows.push([
-      r.case.name, rate(r.case, r.ceiling), r.errors.ours ? 'failed' : rate(r.case, r.ours), r.errors.qsd ? 'failed' : rate(r.case, r.qsd),
-      ratio(r.ours?.iops, r.qsd?.iops), cpu(r.ours), cpu(r.qsd), ratio(r.ours?.backendCpuUsPerIo, r.qsd?.backendCpuUsPerIo),
-    ]);
-  }
-  return rows;
-}
-
-/** Problems a report shows even when the driver exited 0. */
-function reportProblems(r: DriverReport): string | undefined {
-  if (r.errors) return `${r.errors} reads failed`;
-  if (!r.ios) return 'no reads completed';
-  return undefined;
+  return { lines, json };
 }
 
 async function main(): Promise<number> {
-  const { values: v } = parseArgs({
+  const { values: v, positionals } = parseArgs({
     options: {
-      time: { type: 'string' }, warmup: { type: 'string' }, size: { type: 'string' }, cases: { type: 'string' },
-      backends: { type: 'string' }, threads: { type: 'string' }, pin: { type: 'boolean' },
-      repeat: { type: 'string' }, 'quiet-wait': { type: 'string' }, 'no-ceiling': { type: 'boolean' }, 'no-ts': { type: 'boolean' }, profile: { type: 'boolean' },
-      markdown: { type: 'boolean' }, out: { type: 'string' }, 'no-write': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      ...commonOptions, backends: { type: 'string' }, 'no-ceiling': { type: 'boolean' }, 'no-ts': { type: 'boolean' },
+      profile: { type: 'boolean' }, 'profile-only': { type: 'boolean' },
     },
     allowPositionals: true,
   });
@@ -177,169 +98,116 @@ async function main(): Promise<number> {
     process.stdout.write(help);
     return 0;
   }
-  const seconds = parseNumber(v.time, 'time', 3, 0.05);
-  const warmup = parseNumber(v.warmup, 'warmup', 0.5, 0);
-  const size = parseNumber(v.size, 'size', 1024 * MiB, MiB);
-  const repeat = Math.floor(parseNumber(v.repeat, 'repeat', 1, 1));
-  const quietWaitMs = parseNumber(v['quiet-wait'], 'quiet-wait', 5, 0) * 1000;
-  const cpus = os.availableParallelism?.() ?? os.cpus().length;
-  const threadsOpt = v.threads === undefined ? undefined : parseNumber(v.threads, 'threads', 1, 1);
-  const caseNames = v.cases?.split(',').map((s) => s.trim()).filter(Boolean);
-  const cases = caseNames ? CASES.filter((c) => caseNames.includes(c.name)) : [...CASES];
-  for (const n of caseNames ?? []) if (!CASES.some((c) => c.name === n)) throw new Error(`unknown case '${n}'`);
-  const wanted = (v.backends?.split(',').map((s) => s.trim()) ?? ['ours', 'qsd']) as BackendName[];
-  for (const b of wanted) if (b !== 'ours' && b !== 'qsd') throw new Error(`unknown backend '${b}' (ours, qsd)`);
+  const s = parseCommon(v, 'ours');
+  const wanted = v.backends?.split(',').map((x) => x.trim()) ?? ['ours', ...PEERS];
+  for (const b of wanted) if (b !== 'ours' && !(PEERS as readonly string[]).includes(b)) throw new Error(`unknown backend '${b}' (ours, ${PEERS.join(', ')})`);
   // `--profile CASE` arrives as a positional after the flag.
-  const profileCase = v.profile ? (process.argv.slice(2).find((a, i, all) => all[i - 1] === '--profile' && !a.startsWith('-')) ?? TARGET.case) : undefined;
-  if (profileCase && !CASES.some((c) => c.name === profileCase)) throw new Error(`unknown case '${profileCase}' for --profile`);
+  const profiling = v.profile || v['profile-only'];
+  const profileArg = process.argv.slice(2).find((a, i, all) => all[i - 1] === '--profile' && !a.startsWith('-'));
+  if (positionals.some((p) => p !== profileArg)) throw new Error(`unexpected argument '${positionals.find((p) => p !== profileArg)}'`);
+  const profileCase = profiling ? CASES.find((c) => c.name === (profileArg ?? PROFILE_CASE)) : undefined;
+  if (profiling && !profileCase) throw new Error(`unknown case '${profileArg}' for --profile`);
+  const cases = v['profile-only'] ? [] : s.cases;
 
-  const unavailable: Partial<Record<BackendName, string>> = {};
-  if (wanted.includes('ours')) unavailable.ours = oursUnavailable();
-  if (wanted.includes('qsd')) unavailable.qsd = qsdUnavailable();
-  const backends = wanted.filter((b) => !unavailable[b]);
-  for (const b of wanted) if (unavailable[b]) process.stderr.write(`*** ${b} skipped: ${unavailable[b]} ***\n`);
+  const unavailable: Partial<Record<string, string>> = {};
+  if (wanted.includes('ours')) unavailable['ours'] = oursUnavailable('blk');
+  const noQsd = qsdUnavailable();
+  for (const p of PEERS) if (wanted.includes(p)) unavailable[p] = noQsd;
+  for (const [b, why] of Object.entries(unavailable)) if (why) process.stderr.write(`*** ${b} skipped: ${why} ***\n`);
+  const usable = (b: string): boolean => wanted.includes(b) && !unavailable[b];
 
   process.stderr.write('building the C driver... ');
-  const binary = buildBlkDriver();
+  const binary = buildDriver('blk');
   process.stderr.write(`${path.relative(repoRoot, binary)}\n`);
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-blk-'));
-  const socketPath = path.join(dir, 'blk.sock');
-  const results: CaseResult[] = [];
-  const runParams = (c: BenchCase): Omit<DriverRun, 'socketPath'> => {
-    const threads = threadsOpt ?? Math.min(c.queues, Math.max(1, cpus - 1));
-    return {
-      queues: c.queues, threads, qd: c.qd, bs: c.bs, pattern: c.pattern, seconds, warmup, size,
-      ...(v.pin ? { pinDriver: Math.max(0, cpus - threads) } : {}),
-    };
+  cleanups.add(() => fs.rmSync(dir, { recursive: true, force: true }));
+  let image: CachedImage | undefined;
+  if ([...cases, ...(profileCase ? [profileCase] : [])].some((c) => c.storage === 'file')) {
+    process.stderr.write(`writing a ${sizeText(s.size)} image... `);
+    image = await prepareImage({ size: s.size, ...(s.imageDir ? { dir: s.imageDir } : {}), write: (f) => writePatternImage(binary, f, s.size) });
+    cleanups.add(image.remove);
+    process.stderr.write(`${image.path}${image.onTmpfs ? ' (tmpfs)' : ' (read once into the page cache)'}\n`);
+  }
+  const imageOf = (c: BenchCase): { image?: string } => (c.storage === 'file' ? { image: image!.path } : {});
+  const oursStart = (c: BenchCase, variant: OursVariant, extra: { cpuProfileDir?: string } = {}) =>
+    startOurs('blk', {
+      socketPath: path.join(dir, `${variant.label}.sock`), size: s.size, queues: c.queues, ...imageOf(c), ...extra,
+      ...(variant.pollUs === undefined ? {} : { pollUs: variant.pollUs }), ...(variant.workers === undefined ? {} : { workers: variant.workers }),
+    });
+
+  const sidesOf = (c: BenchCase): Side[] => {
+    const sides: Side[] = [];
+    if (usable('ours')) for (const variant of s.variants) sides.push({ label: variant.label, binary, start: () => oursStart(c, variant) });
+    if (usable('qsd')) {
+      sides.push({ label: 'qsd', binary, start: () => startQsd({ socketPath: path.join(dir, 'qsd.sock'), size: s.size, queues: c.queues, ...imageOf(c) }) });
+    }
+    if (usable('qsd-uring') && c.storage === 'file') {
+      sides.push({
+        label: 'qsd-uring', binary,
+        start: () => startQsd({ socketPath: path.join(dir, 'qsd-uring.sock'), size: s.size, queues: c.queues, ...imageOf(c), aio: 'io_uring' }),
+      });
+    }
+    return sides;
   };
 
-  for (const c of cases) {
-    const result: CaseResult = { case: c, errors: {}, samples: {} };
-    results.push(result);
-    process.stderr.write(`${c.name}:`);
-    if (!v['no-ceiling']) {
-      try {
-        const p = runParams(c);
-        const run = await best(repeat, quietWaitMs, () =>
-          runBlkDriver(binary, { ...p, ceiling: true, ...(v.pin ? { pinDevice: Math.max(0, (p.pinDriver ?? 1) - 1) } : {}) }));
-        result.ceiling = run.best;
-        result.samples.ceiling = run.iops;
-        process.stderr.write(` ceiling ${rate(c, result.ceiling)}`);
-      } catch (err) {
-        result.errors.ceiling = (err as Error).message;
-        process.stderr.write(' ceiling failed');
-      }
-    }
-    // The backends run side by side (idle when not driven) and take turns, so disturbances hit both alike.
-    const daemons = new Map<BackendName, BenchDaemon>();
-    for (const b of backends) {
-      try {
-        const d = await startBackend(b, { socketPath: path.join(dir, `${b}.sock`), size, queues: c.queues });
-        live.add(d);
-        daemons.set(b, d);
-      } catch (err) {
-        result.errors[b] = (err as Error).message;
-      }
-    }
-    try {
-      for (let i = 0; i < repeat; i++) {
-        const order = i % 2 === 0 ? [...daemons.keys()] : [...daemons.keys()].reverse();
-        for (const b of order) {
-          if (result.errors[b]) continue;
-          const d = daemons.get(b)!;
-          try {
-            if (quietWaitMs > 0) await waitForQuiet(NOISY_CORES, quietWaitMs);
-            const r = await runBlkDriver(binary, { ...runParams(c), socketPath: d.socketPath, backendPid: d.pid });
-            (result.samples[b] ??= []).push(r.iops);
-            if (better(r, result[b])) result[b] = r;
-          } catch (err) {
-            const e = err as Error;
-            result.errors[b] = d.exited ? `${e.message}; ${d.name} exited: ${d.output.trim().slice(-2000)}` : e.message;
-            if (e instanceof DriverError && e.report) result[b] = e.report;
-          }
-        }
-      }
-    } finally {
-      for (const d of daemons.values()) {
-        await d.stop();
-        live.delete(d);
-      }
-    }
-    for (const b of backends) {
-      const r = result[b];
-      if (r && !result.errors[b]) {
-        const problem = reportProblems(r);
-        if (problem) result.errors[b] = problem;
-      }
-      process.stderr.write(` ${b} ${result.errors[b] ? 'FAILED' : rate(c, r)}`);
-    }
-    if (result.ours && result.qsd && !result.errors.ours && !result.errors.qsd) {
-      result.iopsRatio = result.ours.iops / result.qsd.iops;
-      const mo = median(result.samples.ours);
-      const mq = median(result.samples.qsd);
-      if (mo !== undefined && mq) result.medianIopsRatio = mo / mq;
-      if (result.ours.backendCpuUsPerIo > 0 && result.qsd.backendCpuUsPerIo > 0) {
-        result.cpuPerIoRatio = result.ours.backendCpuUsPerIo / result.qsd.backendCpuUsPerIo;
-      }
-    }
-    process.stderr.write('\n');
-  }
+  const runs: CaseRun[] = [];
+  for (const c of cases) runs.push(await runCase(c, sidesOf(c), s, v['no-ceiling'] ? undefined : binary));
 
   let tsNote: TsDriverReport | undefined;
   let tsError: string | undefined;
-  if (!v['no-ts'] && !unavailable.qsd && wanted.includes('qsd')) {
+  if (!v['no-ts'] && !v['profile-only'] && usable('qsd')) {
     try {
-      const daemon = await startQsd({ socketPath, size, queues: 1 });
-      live.add(daemon);
-      try {
-        tsNote = await runTsDriver({ socketPath, backendPid: daemon.pid, size, qd: 32, seconds, warmup });
-      } finally {
-        await daemon.stop();
-        live.delete(daemon);
-      }
+      tsNote = await withDaemon(() => startQsd({ socketPath: path.join(dir, 'ts.sock'), size: s.size, queues: 1 }), (d) =>
+        runTsDriver({ socketPath: d.socketPath, backendPid: d.pid, size: s.size, qd: 32, seconds: s.seconds, warmup: s.warmup }));
     } catch (err) {
       tsError = (err as Error).message;
     }
   }
 
-  let profile: ProfileSummary | undefined;
-  let profileError: string | undefined;
-  if (profileCase && backends.includes('ours')) {
-    const c = CASES.find((x) => x.name === profileCase)!;
-    const profDir = path.join(dir, 'profile');
-    fs.mkdirSync(profDir, { recursive: true });
-    try {
-      await withBackend('ours', { socketPath, size, queues: c.queues, cpuProfileDir: profDir }, (d) =>
-        runBlkDriver(binary, { ...runParams(c), socketPath, backendPid: d.pid }));
-      const file = fs.readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
-      if (!file) throw new Error('the daemon wrote no .cpuprofile (did it exit cleanly on SIGTERM?)');
-      const keep = path.join(v.out ?? path.join(repoRoot, 'bench', 'results'), `blk-profile-${c.name}.cpuprofile`);
-      fs.mkdirSync(path.dirname(keep), { recursive: true });
-      fs.copyFileSync(path.join(profDir, file), keep);
-      profile = summarizeCpuProfile(keep, repoRoot);
-    } catch (err) {
-      profileError = (err as Error).message;
+  const profiles: ProfileResult[] = [];
+  if (profileCase && usable('ours')) {
+    for (const variant of s.variants) {
+      const result: ProfileResult = { case: profileCase.name, variant };
+      profiles.push(result);
+      process.stderr.write(`profiling ${variant.label} on ${profileCase.name}...\n`);
+      try {
+        result.run = await profileDaemon({
+          start: (profileDir) => oursStart(profileCase, variant, { cpuProfileDir: profileDir }),
+          drive: (d) => runDriver(binary, { ...driverParams(profileCase, s), socketPath: d.socketPath, backendPid: d.pid }),
+          warmup: s.warmup,
+          seconds: s.seconds,
+          profileDir: path.join(dir, `profile-${variant.label}`),
+          keep: path.join(s.out ?? resultsDir, `blk-profile-${profileCase.name}${variant.label === 'ours' ? '' : `-${variant.label}`}`),
+        });
+      } catch (err) {
+        result.error = (err as Error).message;
+      }
     }
   }
-  fs.rmSync(dir, { recursive: true, force: true });
 
   // ---- report ----
-  const rows = tableRows(results);
+  const ratios = s.variants.flatMap((x) => PEERS.map((p) => [x.label, p] as const));
+  const layout: TableLayout = {
+    ceiling: !v['no-ceiling'],
+    sides: [...s.variants.map((x) => ({ label: x.label, title: x.label })), ...PEERS.map((p) => ({ label: p, title: PEER_TITLES[p] }))],
+    ratios,
+    cpuRatios: s.variants.map((x) => [x.label, 'qsd'] as const),
+  };
+  const rows = resultsTable(runs, layout);
+  const targets = targetLines(runs, s.variants);
   const out: string[] = [];
-  const example = results[0]?.ceiling ?? results[0]?.qsd ?? results[0]?.ours;
-  out.push(`virtio-blk null-disk reads, ${seconds} s per run after ${warmup} s warm-up; queue depth is per queue; ` +
-    `C driver with ${example?.threads ?? '?'} thread(s) for 1 queue, busy-polling, EVENT_IDX ${example?.eventIdx ? 'on' : 'off'}; ${cpus} CPUs.`);
-  out.push(textTable(rows));
-  if (results.some((r) => [r.ceiling, r.ours, r.qsd].some((x) => x && noisy(x)))) {
-    out.push(`* other processes used more than ${NOISY_CORES} cores during that window: the number is disturbed`);
+  if (runs.length) {
+    const example = Object.values(runs[0]!.sides).find((x) => x.best)?.best ?? runs[0]!.ceiling?.best;
+    const settings = s.variants.map((x) => `${x.label}: --poll-us ${x.pollUs ?? 'default'}, --workers ${x.workers ?? 'default'}`).join('; ');
+    out.push(`virtio-blk reads, ${s.seconds} s per run after ${s.warmup} s warm-up; queue depth is per queue; ` +
+      `C driver with ${example?.threads ?? '?'} thread(s) for 1 queue, busy-polling, EVENT_IDX ${example?.eventIdx ? 'on' : 'off'}; ${s.cpus} CPUs; ` +
+      (image ? `file-* cases on a ${sizeText(s.size)} image in the page cache (${image.onTmpfs ? 'tmpfs' : 'read once'}), the others on null disks` : 'null disks') +
+      `; ${settings}.`);
+    out.push(textTable(rows));
+    if (anyNoisy(runs)) out.push(`* other processes used more than ${NOISY_CORES} cores during that window: the number is disturbed`);
   }
-  const target = results.find((r) => r.case.name === TARGET.case);
-  if (target?.iopsRatio !== undefined) {
-    out.push(`target (issue #3): ${TARGET.case} ours/qsd = ${target.iopsRatio.toFixed(2)} (needs >= ${TARGET.minRatio}): ` +
-      (target.iopsRatio >= TARGET.minRatio ? 'met' : 'NOT met') +
-      (repeat > 1 && target.medianIopsRatio !== undefined ? `; median of ${repeat} runs each: ${target.medianIopsRatio.toFixed(2)}` : ''));
-  }
+  out.push(...targets.lines);
   if (tsNote) {
     out.push(`note: our TypeScript VirtioDriver + BlkClient against qemu-storage-daemon, 4 KiB random reads at QD 32, 1 queue: ` +
       `${si(tsNote.iops)} IOPS (its own CPU ${(tsNote.driverCpuSec / tsNote.seconds * 100).toFixed(0)}% of a core; qsd CPU ` +
@@ -348,48 +216,42 @@ async function main(): Promise<number> {
   } else if (tsError) {
     out.push(`note: TypeScript-frontend run failed: ${tsError}`);
   }
-  for (const r of results) for (const [who, e] of Object.entries(r.errors)) out.push(`error: ${r.case.name} ${who}: ${e}`);
+  out.push(...errorLines(runs));
   for (const [b, why] of Object.entries(unavailable)) if (why) out.push(`skipped: ${b}: ${why}`);
   process.stdout.write(out.join('\n') + '\n');
-  if (v.markdown) process.stdout.write('\n' + markdownTable(rows) + '\n');
-  if (profile) process.stdout.write(`\nprofile of our daemon, ${profileCase}:\n${formatProfile(profile)}\n`);
-  else if (profileError) process.stdout.write(`\nprofile failed: ${profileError}\n`);
+  if (s.markdown && runs.length) process.stdout.write('\n' + markdownTable(rows) + '\n');
+  for (const p of profiles) {
+    const title = `profile of ${p.variant.label} (--poll-us ${p.variant.pollUs ?? 'default'}, --workers ${p.variant.workers ?? 'default'}), ${p.case}`;
+    if (p.run) {
+      process.stdout.write(`\n${title}, ${si(p.run.report.iops)} IOPS under the profiler; ${p.run.files.map((f) => path.relative(process.cwd(), f)).join(', ')}:\n` +
+        `${formatProfile(p.run.summary)}\n`);
+      if (s.markdown) process.stdout.write(`\n${profileMarkdown(p.run.summary)}\n`);
+    } else {
+      process.stdout.write(`\n${title}: failed: ${p.error}\n`);
+    }
+  }
 
-  if (!v['no-write']) {
+  if (s.write) {
     const data = {
-      benchmark: 'blk',
+      benchmark: v['profile-only'] ? 'blk-profile' : 'blk',
       date: new Date().toISOString(),
       host: hostInfo(),
       qemuStorageDaemon: toolVersion('qemu-storage-daemon'),
-      params: { seconds, warmup, size, cpus, repeat, quietWaitMs, noisyCores: NOISY_CORES, threads: threadsOpt ?? 'min(queues, cpus-1)', pin: !!v.pin, qdIsPerQueue: true },
-      target: target?.iopsRatio === undefined ? undefined : { ...TARGET, ratio: target.iopsRatio, met: target.iopsRatio >= TARGET.minRatio },
-      cases: results.map((r) => ({
-        ...r.case, ceiling: r.ceiling, ours: r.ours, qsd: r.qsd, samples: r.samples, iopsRatio: r.iopsRatio, medianIopsRatio: r.medianIopsRatio, cpuPerIoRatio: r.cpuPerIoRatio,
-        errors: Object.keys(r.errors).length ? r.errors : undefined,
-      })),
+      params: { ...paramsJson(s), backends: wanted, image: image ? { size: image.size, onTmpfs: image.onTmpfs, dir: path.dirname(image.path) } : undefined },
+      targets: targets.json.length ? targets.json : undefined,
+      cases: casesJson(runs, ratios),
       typescriptDriver: tsNote ?? (tsError ? { error: tsError } : undefined),
-      skipped: Object.keys(unavailable).length ? unavailable : undefined,
-      profile: profile ? { case: profileCase, ...profile } : profileError ? { error: profileError } : undefined,
-      table: markdownTable(rows),
+      skipped: Object.values(unavailable).some(Boolean) ? unavailable : undefined,
+      profiles: profiles.length ? profiles.map((p) => ({
+        case: p.case, label: p.variant.label, pollUs: p.variant.pollUs ?? 'default', workers: p.variant.workers ?? 'default',
+        ...(p.run ? { iops: p.run.report.iops, profileFiles: p.run.files.map((f) => path.relative(repoRoot, f)), ...p.run.summary, markdown: profileMarkdown(p.run.summary) } : { error: p.error }),
+      })) : undefined,
+      table: runs.length ? markdownTable(rows) : undefined,
     };
-    const paths = writeResults('blk', data, v.out);
+    const paths = writeResults(v['profile-only'] ? 'blk-profile' : 'blk', data, s.out);
     process.stderr.write(`wrote ${path.relative(process.cwd(), paths.dated)} and ${path.relative(process.cwd(), paths.latest)}\n`);
   }
-  const failed = results.some((r) => Object.keys(r.errors).length > 0);
-  return failed ? 1 : 0;
+  return anyFailed(runs) || profiles.some((p) => p.error) ? 1 : 0;
 }
 
-const stopAll = (): void => {
-  for (const d of live) d.child.kill('SIGKILL');
-  process.exit(130);
-};
-process.once('SIGINT', stopAll);
-process.once('SIGTERM', stopAll);
-
-try {
-  process.exitCode = await main();
-} catch (err) {
-  process.stderr.write(`bench:blk: ${(err as Error).message}\n`);
-  for (const d of live) d.child.kill('SIGKILL');
-  process.exitCode = 2;
-}
+await runMain('bench:blk', main);

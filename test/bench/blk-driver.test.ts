@@ -1,12 +1,12 @@
 /**
- * The C benchmark driver (bench/blk/driver/) is a correct virtio-blk frontend, not just a fast one: it builds,
+ * The C benchmark driver (bench/blk/driver/, on the shared frontend in bench/common/driver/) is a correct virtio-blk frontend, not just a fast one: it builds,
  * completes reads against qemu-storage-daemon, returns every ring in a consistent state, and the data it reads
  * from a file export carries the stamps written there (and fails to when it does not).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { buildBlkDriver, runBlkDriver, writePatternImage, DriverError } from '../../bench/blk/c-driver.js';
+import { buildDriver, runDriver, writePatternImage, DriverError } from '../../bench/common/c-driver.js';
 import { StorageDaemon, requireCommand } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -14,12 +14,12 @@ const MiB = 1024 * 1024;
 
 test('the C driver completes reads against qemu-storage-daemon (null-co, 1 and 2 queues, 4 KiB and 1 MiB)', async (t) => {
   if (!requireCommand(t, 'gcc', 'gcc') || !requireCommand(t, 'qemu-storage-daemon', 'qemu-system-common')) return;
-  const binary = buildBlkDriver();
+  const binary = buildDriver('blk');
   const { dir, cleanup } = tempDir();
   const socketPath = path.join(dir, 'qsd.sock');
   const qsd = await StorageDaemon.start(socketPath, `driver=null-co,node-name=n0,size=${64 * MiB}`, 2);
   try {
-    const one = await runBlkDriver(binary, {
+    const one = await runDriver(binary, {
       socketPath, queues: 1, qd: 4, bs: 4096, pattern: 'rand', seconds: 0.3, warmup: 0.1, backendPid: qsd.process.pid,
     });
     assert.equal(one.mode, 'vhost-user');
@@ -34,7 +34,7 @@ test('the C driver completes reads against qemu-storage-daemon (null-co, 1 and 2
     assert.ok(one.kicks > 0, 'at least the first request was kicked');
     assert.ok(one.backendCpuSec >= 0, 'backend CPU read from /proc');
 
-    const two = await runBlkDriver(binary, {
+    const two = await runDriver(binary, {
       socketPath, queues: 2, threads: 1, qd: 4, bs: 4096, pattern: 'rand', seconds: 0.3, warmup: 0.1,
     });
     assert.ok(two.ios > 0);
@@ -42,7 +42,7 @@ test('the C driver completes reads against qemu-storage-daemon (null-co, 1 and 2
     assert.equal(two.ringBasesChecked, 2);
     assert.equal(two.ringBasesOk, true);
 
-    const big = await runBlkDriver(binary, { socketPath, queues: 1, qd: 2, bs: MiB, pattern: 'seq', seconds: 0.3, warmup: 0.1 });
+    const big = await runDriver(binary, { socketPath, queues: 1, qd: 2, bs: MiB, pattern: 'seq', seconds: 0.3, warmup: 0.1 });
     assert.ok(big.ios > 0);
     assert.equal(big.errors, 0);
     assert.equal(big.ringBasesOk, true);
@@ -55,7 +55,7 @@ test('the C driver completes reads against qemu-storage-daemon (null-co, 1 and 2
 
 test('the C driver reads back the stamped blocks of a qemu-storage-daemon file export (--verify)', async (t) => {
   if (!requireCommand(t, 'gcc', 'gcc') || !requireCommand(t, 'qemu-storage-daemon', 'qemu-system-common')) return;
-  const binary = buildBlkDriver();
+  const binary = buildDriver('blk');
   const { dir, cleanup } = tempDir();
   const image = path.join(dir, 'pattern.img');
   await writePatternImage(binary, image, 16 * MiB);
@@ -66,7 +66,7 @@ test('the C driver reads back the stamped blocks of a qemu-storage-daemon file e
       { queues: 2, qd: 4, bs: 4096, pattern: 'rand' as const },
       { queues: 1, qd: 3, bs: 64 * 1024, pattern: 'seq' as const },
     ]) {
-      const r = await runBlkDriver(binary, { socketPath, ...run, threads: 1, seconds: 0.3, warmup: 0.1, verify: true, seed: 7 });
+      const r = await runDriver(binary, { socketPath, ...run, threads: 1, seconds: 0.3, warmup: 0.1, verify: true, seed: 7 });
       assert.equal(r.verify, true);
       assert.ok(r.completedTotal > 0, 'reads were checked');
       assert.equal(r.errors, 0);
@@ -82,12 +82,12 @@ test('the C driver reads back the stamped blocks of a qemu-storage-daemon file e
 
 test('--verify fails when the device does not return the stamped data (null-co leaves buffers untouched)', async (t) => {
   if (!requireCommand(t, 'gcc', 'gcc') || !requireCommand(t, 'qemu-storage-daemon', 'qemu-system-common')) return;
-  const binary = buildBlkDriver();
+  const binary = buildDriver('blk');
   const { dir, cleanup } = tempDir();
   const socketPath = path.join(dir, 'qsd.sock');
   const qsd = await StorageDaemon.start(socketPath, `driver=null-co,node-name=n0,size=${16 * MiB}`, 1);
   try {
-    const err = await runBlkDriver(binary, { socketPath, queues: 1, qd: 2, bs: 4096, pattern: 'rand', seconds: 0.2, warmup: 0, verify: true })
+    const err = await runDriver(binary, { socketPath, queues: 1, qd: 2, bs: 4096, pattern: 'rand', seconds: 0.2, warmup: 0, verify: true })
       .then(() => undefined, (e: unknown) => e);
     assert.ok(err instanceof DriverError, 'the run fails');
     assert.equal(err.code, 2);
@@ -101,8 +101,8 @@ test('--verify fails when the device does not return the stamped data (null-co l
 
 test('the C driver\'s ceiling mode completes reads through its in-process device', (t) => {
   if (!requireCommand(t, 'gcc', 'gcc')) return;
-  const binary = buildBlkDriver();
-  return runBlkDriver(binary, { ceiling: true, queues: 2, threads: 1, qd: 8, bs: 4096, pattern: 'rand', seconds: 0.2, warmup: 0 })
+  const binary = buildDriver('blk');
+  return runDriver(binary, { ceiling: true, queues: 2, threads: 1, qd: 8, bs: 4096, pattern: 'rand', seconds: 0.2, warmup: 0 })
     .then((r) => {
       assert.equal(r.mode, 'ceiling');
       assert.ok(r.ios > 0);

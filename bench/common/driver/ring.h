@@ -2,8 +2,8 @@
  * Split virtqueue layout (virtio 1.2, section 2.7) and the memory-ordering helpers the driver and the
  * in-process fake device share. Little-endian host assumed (x86-64, aarch64): fields are used in place.
  */
-#ifndef BLK_BENCH_RING_H
-#define BLK_BENCH_RING_H
+#ifndef BENCH_RING_H
+#define BENCH_RING_H
 
 #include <stddef.h>
 #include <stdint.h>

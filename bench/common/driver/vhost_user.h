@@ -1,9 +1,9 @@
 /*
- * A minimal vhost-user frontend connection: the messages a block benchmark needs, written from
+ * A minimal vhost-user frontend connection: the messages the benchmark drivers need, written from
  * docs/interop/vhost-user.rst. No REPLY_ACK: only GET_* requests (and GET_VRING_BASE) read a reply.
  */
-#ifndef BLK_BENCH_VHOST_USER_H
-#define BLK_BENCH_VHOST_USER_H
+#ifndef BENCH_VHOST_USER_H
+#define BENCH_VHOST_USER_H
 
 #include <stdint.h>
 

@@ -1,24 +1,29 @@
 /**
- * The C benchmark driver (bench/blk/driver/): building it, running it, and its JSON report.
+ * The C benchmark drivers (bench/blk/driver/blk_bench.c and bench/scsi/driver/scsi_bench.c, both built on the
+ * shared frontend in bench/common/driver/): building them, running them, and the JSON report they both print.
  */
 import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { buildC } from '../common/c-build.js';
-import { repoRoot } from '../common/paths.js';
+import { buildC } from './c-build.js';
+import { repoRoot } from './paths.js';
 
-/** Sources of the driver, in the repository (not in dist/). */
-export const driverSourceDir = path.join(repoRoot, 'bench', 'blk', 'driver');
+/** The drivers, by the device they drive. */
+export type DriverKind = 'blk' | 'scsi';
 
-/** Compile the driver if needed; returns the binary's path. */
-export function buildBlkDriver(): string {
-  return buildC({ name: 'blk-bench', dir: driverSourceDir, files: ['blk_bench.c', 'vhost_user.c', 'vhost_user.h', 'ring.h'] });
+/** The shared frontend's sources, relative to bench/. */
+const FRONTEND = ['common/driver/frontend.c', 'common/driver/frontend.h', 'common/driver/poll_loop.h', 'common/driver/ring.h',
+  'common/driver/vhost_user.c', 'common/driver/vhost_user.h'];
+
+/** Compile a driver if needed (bench/<kind>/driver/<kind>_bench.c with the shared frontend); returns the binary's path. */
+export function buildDriver(kind: DriverKind): string {
+  return buildC({ name: `${kind}-bench`, dir: path.join(repoRoot, 'bench'), files: [`${kind}/driver/${kind}_bench.c`, ...FRONTEND] });
 }
 
-/** One run of the driver. */
+/** One run of a driver. */
 export interface DriverRun {
   /** The backend's socket; omit for `ceiling`. */
   socketPath?: string;
-  /** Drive the in-process instant device instead of a backend. */
+  /** blk-bench only: drive its in-process instant device instead of a backend. */
   ceiling?: boolean;
   queues: number;
   /** Driver threads (queues are shared out round-robin); default one per queue. */
@@ -32,6 +37,7 @@ export interface DriverRun {
   size?: number;
   /** Pid whose /proc/<pid>/stat CPU time is measured over the run. */
   backendPid?: number;
+  /** blk-bench only: check the stamps of an image written by {@link writePatternImage}. */
   verify?: boolean;
   eventIdx?: boolean;
   seed?: number;
@@ -39,9 +45,11 @@ export interface DriverRun {
   pinDevice?: number;
 }
 
-/** What the driver prints (one JSON object). */
+/** What a driver prints (one JSON object). */
 export interface DriverReport {
   mode: 'vhost-user' | 'ceiling';
+  /** scsi-bench only. */
+  transport?: 'scsi';
   queues: number;
   threads: number;
   qd: number;
@@ -113,8 +121,8 @@ export function driverArgs(run: DriverRun): string[] {
   return a;
 }
 
-/** Run the driver once; rejects with {@link DriverError} on a non-zero exit (the report, if printed, attached). */
-export function runBlkDriver(binary: string, run: DriverRun): Promise<DriverReport> {
+/** Run a driver once; rejects with {@link DriverError} on a non-zero exit (the report, if printed, attached). */
+export function runDriver(binary: string, run: DriverRun): Promise<DriverReport> {
   const timeout = ((run.warmup ?? 0.5) + run.seconds + 30) * 1000;
   return new Promise((resolve, reject) => {
     execFile(binary, driverArgs(run), { timeout, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
@@ -126,9 +134,9 @@ export function runBlkDriver(binary: string, run: DriverRun): Promise<DriverRepo
       }
       if (err) {
         const code = typeof err.code === 'number' ? err.code : null;
-        reject(new DriverError(`blk-bench failed (${err.killed ? 'timed out' : `exit ${code ?? err.signal}`}): ${stderr.trim()}`, code, stderr, report));
+        reject(new DriverError(`${path.basename(binary)} failed (${err.killed ? 'timed out' : `exit ${code ?? err.signal}`}): ${stderr.trim()}`, code, stderr, report));
       } else if (!report) {
-        reject(new DriverError(`blk-bench printed no report: ${stderr.trim()}`, 0, stderr));
+        reject(new DriverError(`${path.basename(binary)} printed no report: ${stderr.trim()}`, 0, stderr));
       } else {
         resolve(report);
       }
@@ -136,7 +144,7 @@ export function runBlkDriver(binary: string, run: DriverRun): Promise<DriverRepo
   });
 }
 
-/** Write an image file whose 4 KiB blocks carry the stamps `--verify` checks (the driver writes it). */
+/** Write an image file whose 4 KiB blocks carry the stamps `--verify` checks; `binary` is blk-bench's. */
 export function writePatternImage(binary: string, file: string, size: number): Promise<void> {
   return new Promise((resolve, reject) => {
     execFile(binary, ['--make-pattern', file, '--size', String(size)], (err, _stdout, stderr) =>
