@@ -8,6 +8,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import util from 'node:util';
 
 /** Readiness bits for {@link FdWatcher.start}. */
 export const Readiness = {
@@ -32,6 +33,61 @@ export interface FdWatcher {
   /** Stop watching; may be started again. */
   stop(): void;
   /** Stop and free the handle. The fd itself is not closed. Idempotent. */
+  close(): void;
+}
+
+/**
+ * `IORING_SETUP_*` bits, for reading {@link IoUring.setupFlags}. The addon tries
+ * SINGLE_ISSUER|DEFER_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL first and drops what the kernel refuses.
+ */
+export const IoUringSetup = {
+  CLAMP: 1 << 4,
+  SUBMIT_ALL: 1 << 7,
+  TASKRUN_FLAG: 1 << 9,
+  SINGLE_ISSUER: 1 << 12,
+  DEFER_TASKRUN: 1 << 13,
+} as const;
+
+/**
+ * An io_uring instance ({@link NativeBinding.ioUring}) on this thread. Operations go into numbered slots
+ * (`0 <= slot < slots`, one operation per slot until its completion is delivered) and wait in the submission
+ * queue until {@link IoUring.submit}. Each completion is a pair `(slot, res)` in {@link IoUring.completions}:
+ * `res` is the syscall's result (bytes transferred, 0) or a negative errno. The pairs come from `submit(true)`
+ * (its return value counts them) or through the callback given to `ioUring` (`callback(count)`, from the
+ * event loop); either way they must be read before the next `submit` or callback overwrites them.
+ *
+ * No copy: iovecs point straight into the views, and the kernel writes into (or reads from) them until the
+ * completion. The caller must keep every view (and so its buffer) referenced until then; the ring keeps
+ * itself and its callback alive while anything is in flight, and keeps the event loop alive meanwhile.
+ */
+export interface IoUring {
+  /** Number of slots (the ring's SQ entries: the requested count rounded up to a power of two). */
+  readonly slots: number;
+  /** `(slot, res)` pairs of delivered completions: 2 × `slots` int32s over a SharedArrayBuffer. */
+  readonly completions: Int32Array;
+  /** The `IORING_SETUP_*` flags the kernel accepted ({@link IoUringSetup}). */
+  readonly setupFlags: number;
+  /**
+   * Queue `preadv(fd, buffers, position)`. At most 1024 non-empty views (IOV_MAX) are used: a longer list
+   * completes short and the caller continues with the rest. Throws (nothing queued) on a bad slot or view.
+   * With `async` the SQE is marked IOSQE_ASYNC: it skips the non-blocking attempt and goes to the kernel's
+   * io-wq, which then runs it on a worker of its own (without the flag io-wq adds workers only when one blocks,
+   * so work that never blocks, like copies from tmpfs, is serialized on one).
+   */
+  readv(slot: number, fd: number, buffers: Uint8Array | readonly Uint8Array[], position: number, async?: boolean): void;
+  /** Queue `pwritev(fd, buffers, position)`; as {@link IoUring.readv}. */
+  writev(slot: number, fd: number, buffers: Uint8Array | readonly Uint8Array[], position: number, async?: boolean): void;
+  /** Queue `fdatasync(fd)` (`dataOnly`) or `fsync(fd)`. */
+  fsync(slot: number, fd: number, dataOnly: boolean): void;
+  /** Queue `fallocate(fd, mode, offset, length)`. */
+  fallocate(slot: number, fd: number, mode: number, offset: number, length: number): void;
+  /**
+   * Submit everything queued in one `io_uring_enter`. With `reap`, also collect completions that are ready
+   * already (page-cache hits finish inline); returns how many pairs are now in `completions` (SQEs the kernel
+   * refused come back as completions with their errno either way).
+   */
+  submit(reap: boolean): number;
+  /** Release the ring. Throws EBUSY while operations are in flight; idempotent. */
   close(): void;
 }
 
@@ -104,6 +160,13 @@ export interface NativeBinding {
   faultCounter(): SharedArrayBuffer;
   /** openpty(3): the controller (non-blocking) and terminal fds and the terminal's path. */
   openpty(): { controller: number; terminal: number; path: string };
+  /**
+   * A new io_uring with `entries` slots (1..32768, rounded up to a power of two), completions registered on an
+   * eventfd watched on this thread's loop, delivered to `callback(count)` ({@link IoUring}). Throws a
+   * {@link SystemError} when io_uring is unavailable: `io_uring_setup` ENOSYS (no kernel support), EPERM
+   * (disabled by sysctl or seccomp), ENOSYS also for kernels older than 5.6.
+   */
+  ioUring(entries: number, callback: (count: number) => void): IoUring;
 }
 
 /** An error from a failed syscall, shaped like Node's own system errors. */
@@ -141,6 +204,22 @@ export const native: NativeBinding = load();
 export function isSystemError(err: unknown, code?: string): err is SystemError {
   return err instanceof Error && typeof (err as SystemError).errno === 'number' &&
     (code === undefined || (err as SystemError).code === code);
+}
+
+let errorMap: Map<number, [string, string]> | undefined;
+
+/**
+ * The {@link SystemError} for an errno reported without a throw (an io_uring completion's negative result),
+ * shaped like the addon's own: `"<syscall> failed: <CODE> (<description>)"`.
+ */
+export function systemError(errno: number, syscall: string): SystemError {
+  const entry = (errorMap ??= util.getSystemErrorMap()).get(-errno);
+  const code = entry?.[0] ?? `E${errno}`;
+  const err = new Error(`${syscall} failed: ${code}${entry ? ` (${entry[1]})` : ''}`) as SystemError;
+  err.code = code;
+  err.errno = errno;
+  err.syscall = syscall;
+  return err;
 }
 
 /** Close an fd, ignoring EBADF (already closed). Used on cleanup paths that must not throw. */

@@ -1,17 +1,30 @@
 /**
  * A raw image: a regular file (created sparse on request) or a block device. Reads and writes go straight
- * between the caller's views and the file with `preadv`/`pwritev` on libuv's thread pool, no copy in between;
- * flush is `fdatasync`.
+ * between the caller's views and the file with `preadv`/`pwritev`, no copy in between; flush is `fdatasync`.
  *
- * Discard and write-zeroes use `fallocate(2)` from the native addon (Node has none): PUNCH_HOLE for discard and
- * unmapping write-zeroes, ZERO_RANGE otherwise. Where the filesystem lacks a mode (EOPNOTSUPP; tmpfs has no
- * ZERO_RANGE) they write zeros instead, which keeps "reads back as zeros" true but allocates the range.
+ * Two engines (`aio`): `io_uring` (the default) batches every operation of a pass into one `io_uring_enter`
+ * from this thread ({@link UringQueue}); `threads` runs each operation on libuv's thread pool (Node's
+ * `fs.readv`/`fs.writev`). Measured with `bench/micro/file-io.ts` (image in the page cache): 4 KiB random reads
+ * at QD 32 cost io_uring about a fifth of the CPU per I/O (no thread hand-offs: ~0 context switches per I/O
+ * against ~2) for 3-6× the IOPS; 1 MiB sequential reads at QD 8 are a memory copy either way and come out even
+ * or better. On tmpfs, where the kernel cannot read without blocking, every transfer goes to io_uring's kernel
+ * workers; large ones are marked to get a worker each (see {@link UringQueueOptions.asyncFrom}) so they run in
+ * parallel as on the thread pool. Where io_uring is unavailable (old kernel, disabled by sysctl or seccomp) the
+ * storage says so in one log line and uses the thread pool; it also takes over an operation when all io_uring
+ * slots are busy.
+ *
+ * Discard and write-zeroes use `fallocate(2)` (Node has none): PUNCH_HOLE for discard and unmapping
+ * write-zeroes, ZERO_RANGE otherwise, queued on the ring, or synchronous from the native addon with `threads`.
+ * Where the filesystem lacks a mode (EOPNOTSUPP; tmpfs has no ZERO_RANGE) they write zeros instead, which keeps
+ * "reads back as zeros" true but allocates the range.
  */
 import fs from 'node:fs';
 import { native } from '../../../native/index.js';
+import { logger, type Logger } from '../../../util/log.js';
 import {
   closedError, rangeError, readOnlyError, skipBytes, totalLength, type BlockStorage, type IoCallback, type StorageKind,
 } from './storage.js';
+import { UringQueue, type UringQueueOptions, type UringStats } from './uring.js';
 
 /** `fallocate(2)` mode bits. */
 export const FallocateMode = {
@@ -22,6 +35,15 @@ export const FallocateMode = {
 
 /** A synchronous `fallocate(fd, mode, offset, length)` that throws a system error (with `code`) on failure. */
 export type FallocateFn = (fd: number, mode: number, offset: number, length: number) => void;
+
+/** How a {@link FileStorage} does its I/O: one io_uring per storage, or libuv's thread pool. */
+export type FileAio = 'threads' | 'io_uring';
+
+/** The engine {@link FileStorage.open} uses unless told otherwise (the one that won the measurements). */
+export const DEFAULT_FILE_AIO: FileAio = 'io_uring';
+
+/** io_uring slots per storage: operations in flight at once before the thread pool takes the surplus. */
+const RING_ENTRIES = 1024;
 
 /** Options for {@link FileStorage.open}. */
 export interface FileStorageOptions {
@@ -36,6 +58,19 @@ export interface FileStorageOptions {
   fallocate?: FallocateFn | null;
   /** Permission bits of a created image (default 0o644, less the umask). */
   mode?: number;
+  /** I/O engine (default {@link DEFAULT_FILE_AIO}). `io_uring` falls back to `threads`, logged, where unavailable. */
+  aio?: FileAio;
+  /** io_uring slots (default 1024; the kernel rounds up to a power of two). Beyond them the thread pool is used. */
+  ringEntries?: number;
+  /** Where the fallback from io_uring is reported (default: the `file-storage` logger). */
+  logger?: Logger;
+  /** With io_uring: deliver completions ready at submission at once (default true); see {@link UringQueueOptions}. */
+  inlineCompletions?: boolean;
+  /**
+   * With io_uring: reads and writes of at least this many bytes go to kernel workers, in parallel, instead of
+   * being tried inline (see {@link UringQueueOptions.asyncFrom}). Default: 64 KiB on tmpfs/ramfs, else never.
+   */
+  uringAsyncFrom?: number;
 }
 
 /** Zeros written per iovec entry by the write-zeros fallback, and entries per pwritev. */
@@ -87,8 +122,10 @@ function writeFully(fd: number, buffers: readonly Uint8Array[], position: number
   });
 }
 
+type Writer = (buffers: readonly Uint8Array[], position: number, done: IoCallback) => void;
+
 /** Write `length` zeros at `position` from one shared zero buffer. */
-function writeZeros(fd: number, position: number, length: number, done: IoCallback): void {
+function writeZeros(write: Writer, position: number, length: number, done: IoCallback): void {
   const zero = (zeroChunk ??= new Uint8Array(ZERO_CHUNK));
   const iov: Uint8Array[] = [];
   let n = 0;
@@ -98,9 +135,9 @@ function writeZeros(fd: number, position: number, length: number, done: IoCallba
     n += k;
   }
   if (n === 0) return done(null);
-  writeFully(fd, iov, position, (err) => {
+  write(iov, position, (err) => {
     if (err || n === length) return done(err);
-    writeZeros(fd, position + n, length - n, done);
+    writeZeros(write, position + n, length - n, done);
   });
 }
 
@@ -114,14 +151,21 @@ export class FileStorage implements BlockStorage {
   readonly created: boolean;
   readonly isBlockDevice: boolean;
   readonly description: string;
+  /** The engine in use (`threads` when io_uring was asked for but is unavailable). */
+  readonly aio: FileAio;
   #fd: number;
   #fallocate: FallocateFn | null;
+  /** The ring (aio `io_uring`), or null. */
+  #ring: UringQueue | null;
+  /** Discard and write-zeroes may go through the ring (the fallocate is the native one). */
+  #ringFallocate: boolean;
+
   /** Modes the filesystem turned out to support (assumed until it says EOPNOTSUPP). */
   #punchHoleOk = true;
   #zeroRangeOk = true;
 
   private constructor(path: string, fd: number, size: number, readOnly: boolean, created: boolean, isBlockDevice: boolean,
-    fallocate: FallocateFn | null) {
+    fallocate: FallocateFn | null, ring: UringQueue | null, ringFallocate: boolean) {
     this.path = path;
     this.#fd = fd;
     this.size = size;
@@ -129,8 +173,11 @@ export class FileStorage implements BlockStorage {
     this.created = created;
     this.isBlockDevice = isBlockDevice;
     this.#fallocate = fallocate;
+    this.#ring = ring;
+    this.#ringFallocate = ringFallocate;
+    this.aio = ring ? 'io_uring' : 'threads';
     this.description = `${isBlockDevice ? 'block device' : 'image'} ${path} (${size} bytes${readOnly ? ', read-only' : ''}` +
-      `${created ? ', created' : ''})`;
+      `${created ? ', created' : ''}, ${this.aio})`;
   }
 
   /**
@@ -168,11 +215,19 @@ export class FileStorage implements BlockStorage {
       if (size === 0) throw new Error(`${path} is empty`);
       if (want !== undefined && size !== want) throw new Error(`${path} has ${size} bytes, not the ${want} asked for`);
       const fallocate = options.fallocate === undefined ? native.fallocate.bind(native) : options.fallocate;
-      return new FileStorage(path, fd, size, readOnly, created, st.isBlockDevice(), fallocate);
+      const aio = options.aio ?? DEFAULT_FILE_AIO;
+      if (aio !== 'threads' && aio !== 'io_uring') throw new RangeError(`aio must be 'threads' or 'io_uring', not '${String(aio)}'`);
+      const ring = aio === 'io_uring' ? openRing(path, options, st.isFile() && !nonBlockingReads(path)) : null;
+      return new FileStorage(path, fd, size, readOnly, created, st.isBlockDevice(), fallocate, ring, options.fallocate === undefined);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
     }
+  }
+
+  /** The io_uring queue's counters (aio `io_uring`), or null. */
+  get uringStats(): Readonly<UringStats> | null {
+    return this.#ring?.stats ?? null;
   }
 
   /** The open file descriptor (-1 once closed). */
@@ -185,27 +240,43 @@ export class FileStorage implements BlockStorage {
   }
 
   read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
-    if (this.#fd < 0) return done(closedError());
-    const err = rangeError(this.size, position, totalLength(buffers));
+    const fd = this.#fd;
+    if (fd < 0) return done(closedError());
+    const length = totalLength(buffers);
+    const err = rangeError(this.size, position, length);
     if (err) return done(err);
-    if (buffers.length === 0) return done(null);
-    readFully(this.#fd, buffers, position, done);
+    if (length === 0) return done(null);
+    if (this.#ring?.read(fd, buffers, position, length, done)) return;
+    readFully(fd, buffers, position, done);
   }
 
   write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
-    if (this.#fd < 0) return done(closedError());
+    const fd = this.#fd;
+    if (fd < 0) return done(closedError());
     if (this.readOnly) return done(readOnlyError());
-    const err = rangeError(this.size, position, totalLength(buffers));
+    const length = totalLength(buffers);
+    const err = rangeError(this.size, position, length);
     if (err) return done(err);
-    if (buffers.length === 0) return done(null);
-    writeFully(this.#fd, buffers, position, done);
+    if (length === 0) return done(null);
+    this.#write(fd, buffers, position, done, length);
+  }
+
+  #write(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback, length = totalLength(buffers)): void {
+    if (this.#ring?.write(fd, buffers, position, length, done)) return;
+    writeFully(fd, buffers, position, done);
   }
 
   flush(done: IoCallback): void {
-    if (this.#fd < 0) return done(closedError());
+    const fd = this.#fd;
+    if (fd < 0) return done(closedError());
     // Nothing of ours can be dirty in a read-only file.
     if (this.readOnly) return done(null);
-    fs.fdatasync(this.#fd, done);
+    this.#fdatasync(fd, done);
+  }
+
+  #fdatasync(fd: number, done: IoCallback): void {
+    if (this.#ring?.fsync(fd, true, done)) return;
+    fs.fdatasync(fd, done);
   }
 
   discard(position: number, length: number, done: IoCallback): void {
@@ -227,28 +298,96 @@ export class FileStorage implements BlockStorage {
     const punch = unmap && this.#punchHoleOk;
     if (fallocate !== null && (punch || this.#zeroRangeOk)) {
       const mode = (punch ? FallocateMode.PUNCH_HOLE : FallocateMode.ZERO_RANGE) | FallocateMode.KEEP_SIZE;
+      const ring = this.#ringFallocate ? this.#ring : null;
+      if (ring?.fallocate(fd, mode, position, length, (e) => {
+        if (e === null || !this.#unsupported(e, punch)) return done(e);
+        this.#zeroOut(position, length, unmap, done);
+      })) return;
       try {
         fallocate(fd, mode, position, length);
         return done(null);
       } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP' && code !== 'ENOSYS') return done(e as Error);
-        // This filesystem cannot do that mode (tmpfs has no ZERO_RANGE, for one): write zeros from now on.
-        if (punch) this.#punchHoleOk = false;
-        else this.#zeroRangeOk = false;
+        if (!this.#unsupported(e as Error, punch)) return done(e as Error);
       }
     }
-    writeZeros(fd, position, length, done);
+    writeZeros((buffers, at, cb) => this.#write(fd, buffers, at, cb), position, length, done);
+  }
+
+  /**
+   * Is `err` the filesystem saying it cannot do that fallocate mode (tmpfs has no ZERO_RANGE, for one)? Then
+   * zeros are written from now on.
+   */
+  #unsupported(err: Error, punch: boolean): boolean {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP' && code !== 'ENOSYS') return false;
+    if (punch) this.#punchHoleOk = false;
+    else this.#zeroRangeOk = false;
+    return true;
   }
 
   async close(): Promise<void> {
     const fd = this.#fd;
     if (fd < 0) return;
     this.#fd = -1;
+    const ring = this.#ring;
     try {
-      if (!this.readOnly) await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+      // Nothing should be in flight (the BlockStorage contract); if something is, the fd must outlive it.
+      if (ring) await ring.idle();
+      if (!this.readOnly) await new Promise<void>((resolve, reject) => this.#fdatasync(fd, (e) => (e ? reject(e) : resolve())));
     } finally {
+      if (ring) {
+        await ring.idle();
+        ring.close();
+        this.#ring = null;
+      }
       fs.closeSync(fd);
     }
+  }
+}
+
+/** io_uring failures already reported through the default logger, by code: one line each, not one per image. */
+const reportedRingFailures = new Set<string>();
+
+/** `statfs` f_type of filesystems that cannot read or write without blocking (no FMODE_NOWAIT). */
+const BLOCKING_FS = new Set([
+  0x01021994, // tmpfs (and /dev/shm)
+  0x858458f6, // ramfs
+]);
+
+/**
+ * Can io_uring read this regular file without handing the read to a kernel worker? Not on tmpfs/ramfs (as of
+ * Linux 6.18): there every transfer goes to io-wq, which runs work that never blocks on one worker, so large
+ * transfers are then marked to get workers of their own.
+ */
+function nonBlockingReads(path: string): boolean {
+  try {
+    return !BLOCKING_FS.has(fs.statfsSync(path).type);
+  } catch {
+    return true;
+  }
+}
+
+/** From this size on, transfers on a file without non-blocking I/O get io-wq workers of their own. */
+const ASYNC_FROM = 64 * 1024;
+
+/** A ring for a new storage, or null (logged) when io_uring is unavailable. */
+function openRing(path: string, options: FileStorageOptions, blockingFs: boolean): UringQueue | null {
+  const log = options.logger;
+  try {
+    return new UringQueue({
+      entries: options.ringEntries ?? RING_ENTRIES,
+      inlineCompletions: options.inlineCompletions,
+      asyncFrom: options.uringAsyncFrom ?? (blockingFs ? ASYNC_FROM : undefined),
+    });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const line = `${path}: io_uring unavailable (${e.message}); using the thread pool`;
+    if (log) {
+      log.warn(line);
+    } else if (!reportedRingFailures.has(e.code ?? e.message)) {
+      reportedRingFailures.add(e.code ?? e.message);
+      logger('file-storage').warn(line);
+    }
+    return null;
   }
 }

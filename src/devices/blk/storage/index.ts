@@ -1,19 +1,20 @@
 /**
  * Block storage backends and a factory choosing one from a description (what the daemons' options give).
  */
-import { FileStorage, type FallocateFn } from './file.js';
+import { FileStorage, type FallocateFn, type FileAio } from './file.js';
 import { MemoryStorage } from './memory.js';
 import { NullStorage } from './null.js';
 import type { BlockStorage } from './storage.js';
 
 export * from './storage.js';
-export { FileStorage, FallocateMode, type FallocateFn, type FileStorageOptions } from './file.js';
+export { FileStorage, FallocateMode, DEFAULT_FILE_AIO, type FallocateFn, type FileAio, type FileStorageOptions } from './file.js';
+export { UringQueue, type UringQueueOptions, type UringStats } from './uring.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory.js';
 export { NullStorage, type NullStorageOptions } from './null.js';
 
 /** Which storage to open. */
 export type StorageSpec =
-  | { kind: 'file'; path: string; size?: number; readOnly?: boolean; fallocate?: FallocateFn | null }
+  | { kind: 'file'; path: string; size?: number; readOnly?: boolean; fallocate?: FallocateFn | null; aio?: FileAio }
   | { kind: 'memory'; size: number; readOnly?: boolean }
   | { kind: 'null'; size: number; readOnly?: boolean; readZeroes?: boolean };
 
