@@ -22,6 +22,7 @@ const blkOptions = {
   'num-queues': { type: 'string' },
   writeback: { type: 'boolean' },
   'write-through': { type: 'boolean' },
+  aio: { type: 'string' },
 } as const;
 
 /** The memory disk served when no storage option is given. */
@@ -38,6 +39,8 @@ Storage (one of):
   -i, --image FILE       raw image file or block device (--blk-file is the same); created sparse if missing and
                          --size is given
       --size SIZE        size of the image to create (e.g. 1G); an existing image must have this size
+      --aio ENGINE       how the image is read and written: io_uring (default; batched submissions, falls back
+                         to threads where io_uring is unavailable) or threads (libuv's thread pool)
       --memory SIZE      a disk in memory, lost on exit
       --null SIZE        a disk that stores nothing and reads back whatever the buffers held (benchmarks)
 Device:
@@ -58,9 +61,13 @@ function storageSpec(v: Record<string, unknown>): StorageSpec {
   const given = [image, v.memory, v.null].filter((x) => x !== undefined).length;
   if (given > 1) throw new UsageError('give only one of --image, --memory and --null');
   if (v.size !== undefined && image === undefined) throw new UsageError('--size goes with --image (use --memory SIZE or --null SIZE)');
+  if (v.aio !== undefined && image === undefined) throw new UsageError('--aio goes with --image');
+  if (v.aio !== undefined && v.aio !== 'io_uring' && v.aio !== 'threads') {
+    throw new UsageError(`--aio takes io_uring or threads, not '${String(v.aio)}'`);
+  }
   if (image !== undefined) {
     const size = v.size === undefined ? undefined : sizeOption(v.size as string, 'size');
-    return { kind: 'file', path: image, size, readOnly };
+    return { kind: 'file', path: image, size, readOnly, ...(v.aio === undefined ? {} : { aio: v.aio as 'io_uring' | 'threads' }) };
   }
   if (v.null !== undefined) return { kind: 'null', size: sizeOption(v.null as string, 'null'), readOnly };
   return { kind: 'memory', size: sizeOption((v.memory as string | undefined) ?? DEFAULT_MEMORY, 'memory'), readOnly };

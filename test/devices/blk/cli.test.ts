@@ -101,6 +101,10 @@ test('usage errors exit non-zero with a message and leave no socket behind', asy
       [['--serial', 'x'.repeat(21)], /serial/],
       [['--image', path.join(dir, 'missing.img')], /does not exist/],
       [['--bogus'], /Unknown option/],
+      [['--aio', 'threads'], /--aio goes with --image/],
+      [['--image', path.join(dir, 'x.img'), '--size', '1M', '--aio', 'posix'], /--aio takes io_uring or threads/],
+      [['--workers', '65'], /workers/],
+      [['--poll-us', '-1'], /poll-us/],
     ];
     for (const [args, message] of cases) {
       const r = await cli(['blk', '--socket-path', sock, ...args]);
