@@ -380,7 +380,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     if (this.#remoteRunning.has(v.index)) {
       const base = await this.#workers!.ask(v.index, { t: 'stop', index: v.index });
       this.#remoteRunning.delete(v.index);
-      v.base = base ?? v.base;
+      if (typeof base === 'number') v.base = base;
       return v.base;
     }
     this.#poller.remove(v);

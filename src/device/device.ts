@@ -104,6 +104,8 @@ export interface QueueHandler extends RingHandler {
   update?(data: unknown): void;
   /** The frontend went away or reset the device. */
   reset?(): void | Promise<void>;
+  /** Counters to report (structured-cloneable); the device sums the workers' (see `WorkerPool.stats`). */
+  stats?(): unknown;
 }
 
 /** A hook for devices whose config changes at run time: the framework tells the frontend. */

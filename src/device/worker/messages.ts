@@ -41,13 +41,14 @@ export type ToWorker =
   | { t: 'addr'; index: number; addresses: RingAddresses }
   | { t: 'stop'; seq: number; index: number }
   | { t: 'reset'; seq: number }
+  | { t: 'stats'; seq: number }
   | { t: 'update'; data: unknown };
 
 /** The answer to a request with `seq`: a value or an error message. */
 export interface WorkerReply {
   t: 'reply';
   seq: number;
-  value?: number;
+  value?: unknown;
   error?: string;
 }
 

@@ -18,7 +18,7 @@ export interface WorkerPoolOptions {
   logger: Logger;
 }
 
-type Pending = { resolve: (value: number | undefined) => void; reject: (err: Error) => void };
+type Pending = { resolve: (value: unknown) => void; reject: (err: Error) => void };
 
 /** A requests-without-`seq` message (posted, not answered). */
 type Posted = Exclude<ToWorker, { seq: number }>;
@@ -115,13 +115,18 @@ export class WorkerPool {
   }
 
   /** Ask the worker of queue `index`; resolves with its answer. */
-  ask(index: number, message: WithoutSeq<Asked>): Promise<number | undefined> {
+  ask(index: number, message: WithoutSeq<Asked>): Promise<unknown> {
     return this.#ask(this.#workers[this.workerOf(index)]!, message);
   }
 
-  /** Ask every worker; resolves when all answered. */
-  async askAll(message: WithoutSeq<Asked>): Promise<void> {
-    await Promise.all(this.#workers.map((w) => this.#ask(w, message)));
+  /** Ask every worker; resolves with their answers, in worker order. */
+  askAll(message: WithoutSeq<Asked>): Promise<unknown[]> {
+    return Promise.all(this.#workers.map((w) => this.#ask(w, message)));
+  }
+
+  /** Each worker's queue-handler statistics (`QueueHandler.stats`), in worker order. */
+  stats(): Promise<unknown[]> {
+    return this.askAll({ t: 'stats' });
   }
 
   /** Terminate the workers. */
@@ -136,7 +141,7 @@ export class WorkerPool {
     w.worker.postMessage(message);
   }
 
-  #ask(w: PoolWorker, message: WithoutSeq<Asked>): Promise<number | undefined> {
+  #ask(w: PoolWorker, message: WithoutSeq<Asked>): Promise<unknown> {
     const seq = ++this.#seq;
     return new Promise((resolve, reject) => {
       if (w.dead) {

@@ -59,7 +59,7 @@ async function stopRing(v: Vring): Promise<number> {
   return v.stop();
 }
 
-async function handle(m: ToWorker): Promise<number | undefined> {
+async function handle(m: ToWorker): Promise<unknown> {
   switch (m.t) {
     case 'memory': {
       if (m.quiesce) await Promise.all([...rings.values()].map((v) => v.whenIdle()));
@@ -137,6 +137,8 @@ async function handle(m: ToWorker): Promise<number | undefined> {
     case 'update':
       handler.update?.(m.data);
       return undefined;
+    case 'stats':
+      return handler.stats?.();
   }
 }
 
