@@ -59,36 +59,52 @@ export function sliceViewsInto(out: Uint8Array[], views: readonly Uint8Array[], 
   return out;
 }
 
-/** Copy `src` into the views starting `offset` bytes in; returns the bytes copied (short when the views end). */
+/** Copies up to this many bytes go byte by byte: cheaper than the sub-view a bulk copy would need. */
+const SMALL_COPY = 64;
+
+/**
+ * Copy `src` into the views starting `offset` bytes in; returns the bytes copied (short when the views end).
+ * Allocates nothing when each piece is small or all of `src`. If `src` overlaps a view, the bytes that arrive
+ * are unspecified (small pieces are copied forward byte by byte), never anything outside the views.
+ */
 export function copyToViews(views: readonly Uint8Array[], src: Uint8Array, offset = 0): number {
   let skip = offset;
   let done = 0;
-  for (let i = 0; i < views.length && done < src.byteLength; i++) {
+  const total = src.byteLength;
+  for (let i = 0; i < views.length && done < total; i++) {
     const v = views[i]!;
     if (skip >= v.byteLength) {
       skip -= v.byteLength;
       continue;
     }
-    const n = Math.min(v.byteLength - skip, src.byteLength - done);
-    v.set(n === src.byteLength ? src : src.subarray(done, done + n), skip);
+    const n = Math.min(v.byteLength - skip, total - done);
+    if (n === total) v.set(src, skip);
+    else if (n <= SMALL_COPY) for (let k = 0; k < n; k++) v[skip + k] = src[done + k]!;
+    else v.set(src.subarray(done, done + n), skip);
     done += n;
     skip = 0;
   }
   return done;
 }
 
-/** Copy bytes from the views, starting `offset` bytes in, into `dst`; returns the bytes copied. */
+/**
+ * Copy bytes from the views, starting `offset` bytes in, into `dst`; returns the bytes copied. Allocates nothing
+ * when each piece is small or a whole view. As for {@link copyToViews}, `dst` should not overlap the views.
+ */
 export function copyFromViews(views: readonly Uint8Array[], dst: Uint8Array, offset = 0): number {
   let skip = offset;
   let done = 0;
-  for (let i = 0; i < views.length && done < dst.byteLength; i++) {
+  const total = dst.byteLength;
+  for (let i = 0; i < views.length && done < total; i++) {
     const v = views[i]!;
     if (skip >= v.byteLength) {
       skip -= v.byteLength;
       continue;
     }
-    const n = Math.min(v.byteLength - skip, dst.byteLength - done);
-    dst.set(v.subarray(skip, skip + n), done);
+    const n = Math.min(v.byteLength - skip, total - done);
+    if (n === v.byteLength) dst.set(v, done);
+    else if (n <= SMALL_COPY) for (let k = 0; k < n; k++) dst[done + k] = v[skip + k]!;
+    else dst.set(v.subarray(skip, skip + n), done);
     done += n;
     skip = 0;
   }

@@ -2,7 +2,8 @@
  * Descriptor chains: walking one from the descriptor table (and an indirect table) into views of guest memory.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { copyFromViews, copyToViews } from '../util/views.js';
+import type { MemoryRegion } from '../memory/region.js';
+import { copyFromViews, copyToViews, emptyViewList, viewsLength } from '../util/views.js';
 import { ChainError, ChainErrorKind } from './errors.js';
 import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.js';
 
@@ -10,51 +11,94 @@ const TWO_32 = 2 ** 32;
 /** Descriptor addresses with a high word at or above this are >= 2^53: out of range for us. */
 const HI_LIMIT = 2 ** 21;
 
+/** Module-private writer of a pooled chain's fields (set up by the class's static block). */
+let fillChain: (chain: DescriptorChain, head: number, readableLength: number, writableLength: number,
+  descriptorCount: number) => void;
+/** Module-private access to the region each view of a chain came from (null: not known), for view reuse. */
+let regionsOf: (chain: DescriptorChain, writable: boolean) => (MemoryRegion | null)[];
+
 /**
  * One available buffer: the device-readable part followed by the device-writable part, as views straight into
  * guest memory (no copies). A buffer that crosses from one memory region into the adjacent one is two views.
  *
  * The guest can change readable bytes at any time: copy what you validate ({@link readAll}, {@link readInto})
  * rather than checking a view and reading it again.
+ *
+ * Chains from a `SplitQueue` are pooled, one object per head: the object, its {@link readable} and
+ * {@link writable} arrays and their views are reused for the next request with the same head. A chain is valid
+ * from its pop until it is pushed (the framework's `vring.complete`); neither it nor its arrays may be used, or
+ * kept, after that. Views may be shared between chains (the same guest buffer gives the same view object), so
+ * never modify a view object itself (only the bytes it shows).
  */
 export class DescriptorChain {
-  /** Index of the head descriptor: the id to return in the used ring. */
-  readonly head: number;
-  /** Device-readable views, in order. */
+  /** Device-readable views, in order. Owned by the chain: reused in place when the chain is. */
   readonly readable: Uint8Array[];
-  /** Device-writable views, in order. */
+  /** Device-writable views, in order. Owned by the chain: reused in place when the chain is. */
   readonly writable: Uint8Array[];
-  /** Total bytes of {@link readable}. */
-  readonly readableLength: number;
-  /** Total bytes of {@link writable}. */
-  readonly writableLength: number;
-  /** Number of buffer descriptors in the chain (an indirect table's entries count, the descriptor pointing to it not). */
-  readonly descriptorCount: number;
+  #head: number;
+  #readableLength: number;
+  #writableLength: number;
+  #descriptorCount: number;
+  // The region of each view, as the walker found it: a view is reused when its region and place are unchanged.
+  // (Comparing `view.buffer` instead would cost a call into the engine's C++ per view.)
+  readonly #readableRegions: (MemoryRegion | null)[] = [];
+  readonly #writableRegions: (MemoryRegion | null)[] = [];
 
-  constructor(head: number, readable: Uint8Array[], writable: Uint8Array[], readableLength: number,
-    writableLength: number, descriptorCount: number) {
-    this.head = head;
-    this.readable = readable;
-    this.writable = writable;
-    this.readableLength = readableLength;
-    this.writableLength = writableLength;
-    this.descriptorCount = descriptorCount;
+  static {
+    fillChain = (chain, head, readableLength, writableLength, descriptorCount) => {
+      chain.#head = head;
+      chain.#readableLength = readableLength;
+      chain.#writableLength = writableLength;
+      chain.#descriptorCount = descriptorCount;
+    };
+    regionsOf = (chain, writable) => (writable ? chain.#writableRegions : chain.#readableRegions);
   }
 
-  /** A copy of all readable bytes (meant for small requests and headers). */
+  /**
+   * A chain over given views (tests, and devices that build chains themselves). Lengths default to the views'
+   * total bytes, the descriptor count to the number of views. The arrays become the chain's own.
+   */
+  constructor(head: number, readable: Uint8Array[] = emptyViewList(), writable: Uint8Array[] = emptyViewList(),
+    readableLength = viewsLength(readable), writableLength = viewsLength(writable),
+    descriptorCount = readable.length + writable.length) {
+    this.readable = readable;
+    this.writable = writable;
+    this.#head = head;
+    this.#readableLength = readableLength;
+    this.#writableLength = writableLength;
+    this.#descriptorCount = descriptorCount;
+  }
+
+  /** Index of the head descriptor: the id to return in the used ring. */
+  get head(): number {
+    return this.#head;
+  }
+
+  /** Total bytes of {@link readable}. */
+  get readableLength(): number {
+    return this.#readableLength;
+  }
+
+  /** Total bytes of {@link writable}. */
+  get writableLength(): number {
+    return this.#writableLength;
+  }
+
+  /** Number of buffer descriptors in the chain (an indirect table's entries count, the descriptor pointing to it not). */
+  get descriptorCount(): number {
+    return this.#descriptorCount;
+  }
+
+  /** A copy of all readable bytes (meant for small requests and headers; allocates the copy). */
   readAll(): Uint8Array {
     if (this.readable.length === 1) return this.readable[0]!.slice();
-    const out = new Uint8Array(this.readableLength);
-    let at = 0;
-    for (const v of this.readable) {
-      out.set(v, at);
-      at += v.byteLength;
-    }
+    const out = new Uint8Array(this.#readableLength);
+    copyFromViews(this.readable, out, 0);
     return out;
   }
 
   /**
-   * Copy readable bytes, starting `offset` bytes into the readable part, into `dst`.
+   * Copy readable bytes, starting `offset` bytes into the readable part, into `dst` (no allocation).
    * Returns the number of bytes copied (less than `dst.length` when the readable part ends first).
    */
   readInto(dst: Uint8Array, offset = 0): number {
@@ -62,18 +106,49 @@ export class DescriptorChain {
   }
 
   /**
-   * Copy `src` into the writable part, starting `offset` bytes into it.
-   * Returns the number of bytes written (less than `src.length` when the writable part ends first).
+   * Copy `src` into the writable part, starting `offset` bytes into it (no allocation when `src` fits in one
+   * view or is small). Returns the number of bytes written (less than `src.length` when the writable part ends
+   * first).
    */
   writeFrom(src: Uint8Array, offset = 0): number {
     return copyToViews(this.writable, src, offset);
   }
+
+  /**
+   * Write one byte at `offset` into the writable part (a status or response byte) without a view or a source
+   * array. Returns false when `offset` is not inside the writable part.
+   */
+  writeByte(offset: number, value: number): boolean {
+    if (!(Number.isInteger(offset) && offset >= 0 && offset < this.#writableLength)) return false;
+    const w = this.writable;
+    let skip = offset;
+    for (let i = 0; i < w.length; i++) {
+      const v = w[i]!;
+      if (skip < v.byteLength) {
+        v[skip] = value;
+        return true;
+      }
+      skip -= v.byteLength;
+    }
+    return false;
+  }
 }
+
+/** Most entries of a walker's view cache. */
+const VIEW_CACHE_MAX = 4096;
+/** Placeholder in empty view cache slots (keeps the array's elements of one kind). */
+const NO_VIEW = new Uint8Array(0);
 
 /**
  * Walks chains of one descriptor table. Every read is bounded: at most as many steps as the table (or indirect
  * table) has entries, at most {@link maxChainLength} buffers, and every buffer and indirect table must lie in
  * guest memory. Each descriptor is read once, so a guest changing the table meanwhile cannot make it misbehave.
+ *
+ * Views are reused instead of created when the guest hands the same buffers again (drivers keep per-request
+ * headers and status bytes, benchmark drivers whole chains): first the view the refilled chain had at the same
+ * position, then a direct-mapped cache keyed by where the view points. A view is reused only when its region
+ * (so its buffer), offset and length equal the fresh translation, so a changed memory table cannot leave a stale
+ * view in use; a new table also empties the cache, to let the old regions go.
  */
 export class ChainWalker {
   readonly mem: GuestMemory;
@@ -89,22 +164,49 @@ export class ChainWalker {
   // Result slots of #loadIndirect, to avoid allocating a tuple per indirect chain.
   #tbl: Uint32Array = this.#scratch;
   #base = 0;
+  // The view cache, direct-mapped by a hash of (offset, length): region, buffer offset, length and view per slot.
+  readonly #cacheRegion: (MemoryRegion | null)[] = [];
+  readonly #cacheView: Uint8Array[] = [];
+  readonly #cacheOffset: Float64Array;
+  readonly #cacheLength: Uint32Array;
+  readonly #cacheShift: number;
+  /** Memory table generation the cache was filled under: a new table empties it (to let old regions go). */
+  #cacheGeneration: number;
+  /** Scratch list for a buffer that crosses regions (rare). */
+  readonly #parts: Uint8Array[] = emptyViewList();
 
   constructor(mem: GuestMemory, table: Uint32Array, size: number) {
     this.mem = mem;
     this.table = table;
     this.size = size;
     this.maxChainLength = size;
+    let bits = 6;
+    while ((1 << bits) < VIEW_CACHE_MAX && (1 << bits) < 4 * size) bits++;
+    const slots = 1 << bits;
+    // Filled by push, not `new Array(n)`: packed arrays, not holey ones.
+    for (let k = 0; k < slots; k++) {
+      this.#cacheRegion.push(null);
+      this.#cacheView.push(NO_VIEW);
+    }
+    this.#cacheOffset = new Float64Array(slots);
+    this.#cacheLength = new Uint32Array(slots); // 0 never matches: buffers are never empty
+    this.#cacheShift = 32 - bits;
+    this.#cacheGeneration = mem.generation;
   }
 
   /**
-   * Walk the chain starting at `head` (which the caller checked is < size).
-   * @throws ChainError for every malformed chain.
+   * Walk the chain starting at `head` (which the caller checked is < size) into `chain` (refilled in place: its
+   * arrays are overwritten and trimmed), or into a new chain.
+   * @throws ChainError for every malformed chain (`chain` is then left partly filled: do not use it).
    */
-  walk(head: number): DescriptorChain {
-    const mem = this.mem;
-    const readable: Uint8Array[] = [];
-    const writable: Uint8Array[] = [];
+  walk(head: number, chain: DescriptorChain = new DescriptorChain(head)): DescriptorChain {
+    const readable = chain.readable;
+    const writable = chain.writable;
+    const readableRegions = regionsOf(chain, false);
+    const writableRegions = regionsOf(chain, true);
+    if (this.mem.generation !== this.#cacheGeneration) this.#clearCache();
+    let nr = 0;
+    let nw = 0;
     let readLen = 0;
     let writeLen = 0;
     let count = 0;
@@ -157,19 +259,23 @@ export class ChainWalker {
         throw new ChainError(ChainErrorKind.TOO_LONG, `chain ${head} has more than ${this.maxChainLength} buffers`, head);
       }
       const addr = lo + hi * TWO_32;
-      let hole: number;
+      // #append returns the new number of views, or -1 - (first unbacked address).
+      let r: number;
       if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
-        hole = hi >= HI_LIMIT ? addr : mem.gpaAppendSlices(addr, len, writable);
+        r = hi >= HI_LIMIT ? -1 - addr : this.#append(writable, writableRegions, nw, addr, len);
+        if (r >= 0) nw = r;
         writeLen += len;
       } else {
         if (writeLen !== 0) {
           throw new ChainError(ChainErrorKind.READ_AFTER_WRITE, `chain ${head}: readable descriptor ${i} after a ` +
             'writable one', head);
         }
-        hole = hi >= HI_LIMIT ? addr : mem.gpaAppendSlices(addr, len, readable);
+        r = hi >= HI_LIMIT ? -1 - addr : this.#append(readable, readableRegions, nr, addr, len);
+        if (r >= 0) nr = r;
         readLen += len;
       }
-      if (hole >= 0) {
+      if (r < 0) {
+        const hole = -1 - r;
         throw new ChainError(ChainErrorKind.OUT_OF_MEMORY, `chain ${head}: buffer 0x${addr.toString(16)}+${len} is ` +
           `not in guest memory (at 0x${hole.toString(16)})`, head, hole);
       }
@@ -181,7 +287,65 @@ export class ChainWalker {
       }
       i = next;
     }
-    return new DescriptorChain(head, readable, writable, readLen, writeLen, count);
+    // Trimmed, not emptied first: emptying an array drops its storage, and then refilling it allocates.
+    if (readable.length !== nr) readable.length = nr;
+    if (writable.length !== nw) writable.length = nw;
+    if (readableRegions.length > nr) readableRegions.length = nr;
+    if (writableRegions.length > nw) writableRegions.length = nw;
+    fillChain(chain, head, readLen, writeLen, count);
+    return chain;
+  }
+
+  /**
+   * Put the view(s) of guest `[addr, addr + len)` at `list[n]` on (addr < 2^53, len > 0), and their regions at
+   * `regions[n]` on. Returns the new count, or -1 - (the first unbacked address).
+   */
+  #append(list: Uint8Array[], regions: (MemoryRegion | null)[], n: number, addr: number, len: number): number {
+    const r = this.mem.gpaRegion(addr, len);
+    if (r === undefined) return this.#appendSplit(list, regions, n, addr, len);
+    const off = r.mmapOffset + (addr - r.guestPhysAddr);
+    // The view this chain had here last time (`regions` is never longer than `list`).
+    if (n < regions.length && regions[n] === r) {
+      const old = list[n]!;
+      if (old.byteOffset === off && old.byteLength === len) return n + 1;
+    }
+    // Fibonacci hashing of the low 32 bits of the offset, mixed with the length.
+    const k = Math.imul((off ^ Math.imul(len, 0x85ebca6b)) | 0, 0x9e3779b1) >>> this.#cacheShift;
+    let v: Uint8Array;
+    if (this.#cacheRegion[k] === r && this.#cacheOffset[k] === off && this.#cacheLength[k] === len) {
+      v = this.#cacheView[k]!;
+    } else {
+      v = new Uint8Array(r.buffer, off, len);
+      this.#cacheRegion[k] = r;
+      this.#cacheOffset[k] = off;
+      this.#cacheLength[k] = len;
+      this.#cacheView[k] = v;
+    }
+    list[n] = v;
+    regions[n] = r;
+    return n + 1;
+  }
+
+  /** The rare case of {@link #append}: a buffer crossing into the adjacent region, or a hole. */
+  #appendSplit(list: Uint8Array[], regions: (MemoryRegion | null)[], n: number, addr: number, len: number): number {
+    const parts = this.#parts;
+    parts.length = 0;
+    const hole = this.mem.gpaAppendSlices(addr, len, parts);
+    if (hole >= 0) return -1 - hole;
+    for (let j = 0; j < parts.length; j++) {
+      list[n] = parts[j]!;
+      // Not reused next time: a fresh view per walk for this rare case.
+      regions[n] = null;
+      n++;
+    }
+    return n;
+  }
+
+  #clearCache(): void {
+    this.#cacheRegion.fill(null);
+    this.#cacheView.fill(NO_VIEW);
+    this.#cacheLength.fill(0);
+    this.#cacheGeneration = this.mem.generation;
   }
 
   /** Point #tbl/#base at the indirect table; false if it is not in guest memory. */
@@ -197,7 +361,8 @@ export class ChainWalker {
       }
     }
     // Unaligned, or crossing into the adjacent region: copy it out.
-    const parts: Uint8Array[] = [];
+    const parts = this.#parts;
+    parts.length = 0;
     if (this.mem.gpaAppendSlices(addr, len, parts) >= 0) return false;
     if (this.#scratch.byteLength < len) this.#scratch = new Uint32Array(Math.max(len, 256) / 4);
     const bytes = new Uint8Array(this.#scratch.buffer, 0, len);

@@ -26,6 +26,11 @@ export const ChainErrorKind = {
   READ_AFTER_WRITE: 'READ_AFTER_WRITE',
   /** An INDIRECT descriptor although VIRTIO_F_INDIRECT_DESC was not negotiated. */
   INDIRECT_NOT_NEGOTIATED: 'INDIRECT_NOT_NEGOTIATED',
+  /**
+   * A head made available again while the device still holds its chain (popped, not yet used): the driver
+   * reused descriptors it does not own.
+   */
+  HEAD_IN_USE: 'HEAD_IN_USE',
 } as const;
 
 export type ChainErrorKind = (typeof ChainErrorKind)[keyof typeof ChainErrorKind];

@@ -6,7 +6,7 @@
  * ordered by those.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { ChainWalker, type DescriptorChain } from './chain.js';
+import { ChainWalker, DescriptorChain } from './chain.js';
 import { ChainError, ChainErrorKind, QueueError } from './errors.js';
 import type { InflightQueue } from './inflight.js';
 import {
@@ -52,6 +52,11 @@ export class SplitQueue {
   #error: ChainError | null = null;
   #inflight: InflightQueue | null = null;
   #resubmit: number[] = [];
+  /** One chain object per head, made on first use and refilled by every pop of that head. */
+  #chains: (DescriptorChain | undefined)[];
+  /** 1 for each head popped (or resubmitted) and not yet pushed. */
+  readonly #inUse: Uint8Array;
+  #inFlight = 0;
 
   /** @throws QueueError if `size` is not a power of two in 1..32768. */
   constructor(index: number, size: number) {
@@ -60,6 +65,8 @@ export class SplitQueue {
     this.size = size;
     this.#mask = size - 1;
     this.#maxChainLength = size;
+    this.#chains = newPool(size);
+    this.#inUse = new Uint8Array(size);
   }
 
   // ---- features ----
@@ -200,7 +207,8 @@ export class SplitQueue {
 
   /**
    * Back to the initial state: unconfigured, indices 0, not broken, no inflight area, notifications on, features
-   * off, {@link maxChainLength} = size.
+   * off, {@link maxChainLength} = size, no chain in flight. Chains handed out before are never reused (the pool
+   * starts afresh), so a device still holding one cannot see it change.
    */
   reset(): void {
     this.#unmap();
@@ -213,6 +221,9 @@ export class SplitQueue {
     this.#error = null;
     this.#inflight = null;
     this.#resubmit = [];
+    this.#chains = newPool(this.size);
+    this.#inUse.fill(0);
+    this.#inFlight = 0;
     this.#eventIdx = false;
     this.#indirect = false;
     this.#maxChainLength = this.size;
@@ -238,6 +249,11 @@ export class SplitQueue {
   /** The used index last published to the driver, u16. */
   get publishedUsedIdx(): number {
     return this.#published;
+  }
+
+  /** Chains popped (or resubmitted) and not yet pushed. */
+  get inFlight(): number {
+    return this.#inFlight;
   }
 
   /** The guest memory the rings were configured with, or null. */
@@ -282,7 +298,11 @@ export class SplitQueue {
   /**
    * Take the next available chain, or null when there is none (or the queue is unconfigured or broken).
    * With EVENT_IDX and notifications on, finding the ring empty asks the driver to kick for the next buffer.
-   * @throws ChainError for a malformed chain; the queue is then broken (see {@link error}).
+   *
+   * The chain is this head's pooled object, refilled (no allocation in steady state): it is the caller's until
+   * {@link push} of its head, and must not be used after that.
+   * @throws ChainError for a malformed chain, or HEAD_IN_USE for a head whose chain is still in flight; the queue
+   * is then broken (see {@link error}).
    */
   pop(): DescriptorChain | null {
     const avail = this.#avail;
@@ -302,15 +322,35 @@ export class SplitQueue {
       this.#fail(new ChainError(ChainErrorKind.HEAD_OUT_OF_RANGE,
         `queue ${this.index}: avail ring entry ${last} is ${head} (size ${this.size})`, head));
     }
-    let chain: DescriptorChain;
+    const chain = this.#take(head, last);
+    this.#lastAvail = (last + 1) & 0xffff;
+    this.#inflight?.markInflight(head);
+    return chain;
+  }
+
+  /**
+   * Walk `head` into its pooled chain and mark it in flight; breaks the queue on any ChainError. `slot` is the
+   * avail ring index it came from (-1: an inflight entry), for the message only.
+   */
+  #take(head: number, slot: number): DescriptorChain {
+    if (this.#inUse[head] !== 0) {
+      const where = slot < 0 ? 'inflight entry' : `avail ring entry ${slot}`;
+      this.#fail(new ChainError(ChainErrorKind.HEAD_IN_USE, `queue ${this.index}: ${where} is head ${head}, ` +
+        'whose chain the device still holds', head));
+    }
+    let chain = this.#chains[head];
+    if (chain === undefined) {
+      chain = new DescriptorChain(head);
+      this.#chains[head] = chain;
+    }
     try {
-      chain = this.#walker!.walk(head);
+      this.#walker!.walk(head, chain);
     } catch (err) {
       if (err instanceof ChainError) this.#fail(err);
       throw err;
     }
-    this.#lastAvail = (last + 1) & 0xffff;
-    this.#inflight?.markInflight(head);
+    this.#inUse[head] = 1;
+    this.#inFlight++;
     return chain;
   }
 
@@ -318,7 +358,8 @@ export class SplitQueue {
 
   /**
    * Return a chain: write the used element `{head, writtenLen}`. Not visible to the driver until {@link flush};
-   * flush at least once per `size` pushes.
+   * flush at least once per `size` pushes. The head's chain object goes back to the pool: it will be refilled by
+   * the next pop of this head.
    * @throws QueueError if unconfigured; RangeError for a head >= size or a length that is not a u32.
    */
   push(head: number, writtenLen: number): void {
@@ -332,6 +373,10 @@ export class SplitQueue {
     used[at] = head;
     used[at + 1] = writtenLen;
     this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
+    if (this.#inUse[head] !== 0) {
+      this.#inUse[head] = 0;
+      this.#inFlight--;
+    }
     this.#inflight?.linkUsed(head);
   }
 
@@ -414,23 +459,23 @@ export class SplitQueue {
 
   /**
    * The chains recovered by {@link attachInflight}, oldest first, to process before popping new ones. They stay
-   * marked inflight until pushed. Returns [] after the first call.
-   * @throws ChainError if a recovered chain is malformed (the queue is then broken).
+   * marked inflight until pushed. Returns [] after the first call. The chains are the heads' pooled objects, as
+   * {@link pop} gives them.
+   * @throws ChainError if a recovered chain is malformed, or HEAD_IN_USE if its head is already in flight here
+   * (the queue is then broken).
    */
   resubmitInflight(): DescriptorChain[] {
     const heads = this.#resubmit;
     this.#resubmit = [];
-    const walker = this.#walker;
-    if (walker === null || this.#error !== null) return [];
+    if (this.#walker === null || this.#error !== null) return [];
     const chains: DescriptorChain[] = [];
-    for (const head of heads) {
-      try {
-        chains.push(walker.walk(head));
-      } catch (err) {
-        if (err instanceof ChainError) this.#fail(err);
-        throw err;
-      }
-    }
+    for (const head of heads) chains.push(this.#take(head, -1));
     return chains;
   }
+}
+
+function newPool(size: number): (DescriptorChain | undefined)[] {
+  const pool: (DescriptorChain | undefined)[] = [];
+  for (let i = 0; i < size; i++) pool.push(undefined);
+  return pool;
 }

@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { MemoryRegion } from '../../src/memory/region.js';
 import { DescriptorChain } from '../../src/virtqueue/chain.js';
 import { ChainError, ChainErrorKind } from '../../src/virtqueue/errors.js';
 import { VIRTQ_DESC_F_INDIRECT as IND, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE }
@@ -335,4 +336,97 @@ test('DescriptorChain helpers: readInto and writeFrom across views and offsets',
   const copy = single.readAll();
   copy[0] = 99;
   assert.equal(r1[0], 1);
+});
+
+test('views are reused across heads when the guest hands the same buffer again', () => {
+  const rig = makeRig(8);
+  const { driver, device } = rig;
+  // Heads 0 and 4 point at the same header and status buffers, with different data buffers.
+  for (const [head, data] of [[0, DATA + 0x1000], [4, DATA + 0x2000]] as const) {
+    driver.writeDescriptor(head, DATA, 16, NEXT, head + 1);
+    driver.writeDescriptor(head + 1, data, 512, NEXT | WRITE, head + 2);
+    driver.writeDescriptor(head + 2, DATA + 0x20, 1, WRITE, 0);
+  }
+  offer(driver, 0, 0);
+  const a = device.pop()!;
+  const [hdrA, dataA, statusA] = [a.readable[0]!, a.writable[0]!, a.writable[1]!];
+  device.push(0, 0);
+  offer(driver, 4, 1);
+  const b = device.pop()!;
+  assert.notEqual(b, a);
+  assert.equal(b.readable[0], hdrA, 'same header buffer, same view');
+  assert.equal(b.writable[1], statusA, 'same status buffer, same view');
+  assert.notEqual(b.writable[0], dataA, 'another data buffer, another view');
+  assert.equal(b.writable[0]!.byteOffset - dataA.byteOffset, 0x1000);
+  // Same address, another length: another view.
+  device.push(4, 0);
+  driver.writeDescriptor(6, DATA + 0x20, 2, WRITE, 0);
+  offer(driver, 4, 2);
+  const c = device.pop()!;
+  assert.equal(c.writable[1]!.byteLength, 2);
+  assert.notEqual(c.writable[1], statusA);
+});
+
+test('reused views follow the memory table: a buffer remapped elsewhere gets a view of the new memory', () => {
+  const rig = makeRig(8);
+  const { driver, device, mem } = rig;
+  driver.writeDescriptor(0, 0x10100, 4, 0, 0); // in region B
+  offer(driver, 0, 0);
+  const before = device.pop()!.readable[0]!;
+  device.push(0, 0);
+  // The frontend replaces region B by one at the same addresses over other memory.
+  const b = mem.regions.find((r) => r.guestPhysAddr === 0x10000)!;
+  mem.remove(b);
+  const fresh = new SharedArrayBuffer(b.size);
+  new Uint8Array(fresh)[0x100] = 0x5a;
+  mem.add(MemoryRegion.fromBuffer(b, fresh));
+  offer(driver, 0, 1);
+  const after = device.pop()!;
+  const viewAfter = after.readable[0]!;
+  assert.equal(viewAfter.buffer, fresh);
+  assert.notEqual(viewAfter, before);
+  assert.deepEqual([...after.readAll()], [0x5a, 0, 0, 0]);
+  device.push(0, 0);
+  // New region objects over the same buffer (a re-sent table): a view of the same bytes.
+  mem.replace(mem.regions.map((r) => MemoryRegion.fromBuffer(r, r.buffer)));
+  device.remap(mem);
+  offer(driver, 0, 2);
+  const again = device.pop()!;
+  const viewAgain = again.readable[0]!;
+  assert.equal(viewAgain.buffer, fresh);
+  assert.equal(viewAgain.byteOffset, viewAfter.byteOffset);
+  assert.deepEqual([...again.readAll()], [0x5a, 0, 0, 0]);
+  device.push(0, 0);
+  // With the table unchanged, the next pop reuses it.
+  offer(driver, 0, 3);
+  assert.equal(device.pop()!.readable[0], viewAgain);
+});
+
+test('DescriptorChain.writeByte writes one byte anywhere in the writable part', () => {
+  const w1 = new Uint8Array(2);
+  const w2 = new Uint8Array(3);
+  const chain = new DescriptorChain(1, [Uint8Array.of(1)], [w1, w2]);
+  assert.deepEqual([chain.readableLength, chain.writableLength, chain.descriptorCount], [1, 5, 3]);
+  assert.equal(chain.writeByte(4, 7), true);
+  assert.equal(chain.writeByte(1, 8), true);
+  assert.equal(chain.writeByte(2, 9), true);
+  assert.deepEqual([...w1, ...w2], [0, 8, 9, 0, 7]);
+  for (const bad of [5, -1, 1.5, NaN]) assert.equal(chain.writeByte(bad, 1), false, `offset ${bad}`);
+  assert.deepEqual([...w1, ...w2], [0, 8, 9, 0, 7]);
+});
+
+test('copy helpers move small and large pieces at any offset', () => {
+  const big = new Uint8Array(300).map((_, i) => i & 0xff);
+  const parts = [new Uint8Array(100), new Uint8Array(7), new Uint8Array(193)];
+  const chain = new DescriptorChain(0, [big.subarray(0, 150), big.subarray(150)], parts);
+  for (const [offset, len] of [[0, 300], [3, 5], [140, 20], [149, 151], [299, 1], [10, 100]] as const) {
+    const dst = new Uint8Array(len);
+    assert.equal(chain.readInto(dst, offset), len);
+    assert.deepEqual([...dst], [...big.subarray(offset, offset + len)], `read ${offset}+${len}`);
+    for (const p of parts) p.fill(0);
+    assert.equal(chain.writeFrom(big.subarray(offset, offset + len), 300 - len), len);
+    const flat = [...parts[0]!, ...parts[1]!, ...parts[2]!];
+    assert.deepEqual(flat.slice(300 - len), [...big.subarray(offset, offset + len)], `write ${offset}+${len}`);
+    assert.ok(flat.slice(0, 300 - len).every((x) => x === 0));
+  }
 });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import {
   INFLIGHT_ENTRY_BYTES, INFLIGHT_HEADER_BYTES, INFLIGHT_VERSION, InflightQueue, inflightQueueSize,
 } from '../../src/virtqueue/inflight.js';
-import { QueueError } from '../../src/virtqueue/errors.js';
+import { ChainError, ChainErrorKind, QueueError } from '../../src/virtqueue/errors.js';
 import { SplitQueue } from '../../src/virtqueue/split-queue.js';
 import { DATA, RINGS, makeRig, toVa, type Rig } from './rig.js';
 
@@ -226,4 +226,33 @@ test('hostile recovery data stays bounded: huge counters keep their order, bad b
   // The next counter is above every recovered one.
   q.markInflight(0);
   assert.deepEqual(q.pendingHeads(0x8000), [2, 1, 6, 0]);
+});
+
+test('resubmitted chains are in flight: the driver offering one of their heads again breaks the queue', () => {
+  const { rig } = busyRig();
+  const after = restart(rig, 4);
+  const chains = after.device.resubmitInflight();
+  assert.deepEqual(chains.map((c) => c.head), [3, 2, 1, 0, 4]);
+  assert.equal(after.device.inFlight, 5);
+  // Head 2 is still being resubmitted; a driver offering it again is reusing descriptors it does not own.
+  rig.driver.writeAvailEntry(after.device.lastAvailIdx, 2);
+  rig.driver.writeAvailIdx(after.device.lastAvailIdx + 1);
+  assert.throws(() => after.device.pop(), (e: unknown) => e instanceof ChainError && e.kind === ChainErrorKind.HEAD_IN_USE);
+  assert.equal(after.device.broken, true);
+});
+
+test('a head pushed after resubmission can be offered and popped again, into the same pooled chain', () => {
+  const { rig } = busyRig();
+  const after = restart(rig, 4);
+  const chains = after.device.resubmitInflight();
+  const two = chains[1]!;
+  assert.equal(two.head, 2);
+  after.device.push(2, 0);
+  after.device.flush();
+  rig.driver.writeAvailEntry(after.device.lastAvailIdx, 2);
+  rig.driver.writeAvailIdx(after.device.lastAvailIdx + 1);
+  const again = after.device.pop()!;
+  assert.equal(again, two);
+  assert.equal(again.readableLength, 4);
+  assert.equal(after.device.inFlight, 5);
 });

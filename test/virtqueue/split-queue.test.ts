@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { MemoryRegion } from '../../src/memory/region.js';
 import { DriverQueue } from '../../src/virtqueue/driver-queue.js';
-import { QueueError } from '../../src/virtqueue/errors.js';
+import { ChainError, ChainErrorKind, QueueError } from '../../src/virtqueue/errors.js';
 import {
-  VIRTQ_DESC_F_WRITE as WRITE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
+  VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
 } from '../../src/virtqueue/layout.js';
 import { SplitQueue } from '../../src/virtqueue/split-queue.js';
 import { A, DATA, RINGS, makeMemory, makeRig, offer, peek, poke, toVa } from './rig.js';
@@ -317,4 +317,139 @@ test('applyFeatures takes EVENT_IDX (29) and INDIRECT_DESC (28) from a feature m
   assert.deepEqual([q.eventIdx, q.indirect], [true, false]);
   q.applyFeatures(1n << 28n);
   assert.deepEqual([q.eventIdx, q.indirect], [false, true]);
+});
+
+// ---- pooled chains ----
+
+test('pop refills one chain object per head: same object, same arrays, same views for the same buffers', () => {
+  const rig = makeRig(8);
+  const { driver, device } = rig;
+  driver.writeDescriptor(2, DATA, 16, NEXT, 3);
+  driver.writeDescriptor(3, DATA + 0x100, 512, NEXT | WRITE, 4);
+  driver.writeDescriptor(4, DATA + 0x400, 1, WRITE, 0);
+  driver.writeDescriptor(5, DATA + 0x800, 4, 0, 0);
+  offer(driver, 2, 0);
+  const first = device.pop()!;
+  const { readable, writable } = first;
+  const views = [...readable, ...writable];
+  assert.equal(device.inFlight, 1);
+  device.push(first.head, 0);
+  assert.equal(device.inFlight, 0);
+  for (let slot = 1; slot < 20; slot++) {
+    offer(driver, 2, slot);
+    const again = device.pop()!;
+    assert.equal(again, first, 'the pooled object of head 2');
+    assert.equal(again.readable, readable, 'no new readable array');
+    assert.equal(again.writable, writable, 'no new writable array');
+    assert.deepEqual([...again.readable, ...again.writable], views);
+    for (const [k, v] of [...again.readable, ...again.writable].entries()) assert.equal(v, views[k], `view ${k} reused`);
+    device.push(again.head, 0);
+  }
+  // Another head has its own object.
+  offer(driver, 5, 20);
+  const other = device.pop()!;
+  assert.notEqual(other, first);
+  assert.equal(other.head, 5);
+  assert.equal(first.head, 2, 'a pooled chain is not touched by pops of other heads');
+  assert.equal(first.writableLength, 513);
+});
+
+test('a refilled chain takes the new layout: lengths, counts and views follow the descriptors', () => {
+  const rig = makeRig(8);
+  const { driver, device, mem } = rig;
+  poke(mem, DATA, [1, 2, 3]);
+  poke(mem, DATA + 0x40, [9]);
+  driver.writeDescriptor(0, DATA, 2, NEXT, 1);
+  driver.writeDescriptor(1, DATA + 2, 1, NEXT, 6);
+  driver.writeDescriptor(6, DATA + 0x100, 8, NEXT | WRITE, 7);
+  driver.writeDescriptor(7, DATA + 0x200, 8, WRITE, 0);
+  offer(driver, 0, 0);
+  const c = device.pop()!;
+  assert.deepEqual([c.readable.length, c.writable.length, c.readableLength, c.writableLength, c.descriptorCount],
+    [2, 2, 3, 16, 4]);
+  assert.deepEqual([...c.readAll()], [1, 2, 3]);
+  device.push(0, 0);
+  // Same head, now one readable buffer elsewhere and nothing writable.
+  driver.writeDescriptor(0, DATA + 0x40, 1, 0, 0);
+  offer(driver, 0, 1);
+  const d = device.pop()!;
+  assert.equal(d, c);
+  assert.deepEqual([d.readable.length, d.writable.length, d.readableLength, d.writableLength, d.descriptorCount],
+    [1, 0, 1, 0, 1]);
+  assert.deepEqual([...d.readAll()], [9]);
+  assert.equal(d.readable[0]!.byteOffset, mem.gpaSlice(DATA + 0x40, 1).byteOffset);
+  device.push(0, 0);
+  // And back to writable only, longer.
+  driver.writeDescriptor(0, DATA + 0x300, 4, NEXT | WRITE, 1);
+  driver.writeDescriptor(1, DATA + 0x310, 4, NEXT | WRITE, 2);
+  driver.writeDescriptor(2, DATA + 0x320, 4, WRITE, 0);
+  offer(driver, 0, 2);
+  const e = device.pop()!;
+  assert.deepEqual([e.readable.length, e.writable.length, e.readableLength, e.writableLength, e.descriptorCount],
+    [0, 3, 0, 12, 3]);
+  assert.equal(e.writeFrom(Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9])), 9);
+  assert.deepEqual(peek(mem, DATA + 0x310, 4), [5, 6, 7, 8]);
+});
+
+test('HEAD_IN_USE: a head made available again before its chain was pushed breaks the queue', () => {
+  const rig = makeRig(8);
+  const { driver, device, mem } = rig;
+  poke(mem, DATA, [0xaa]);
+  driver.writeDescriptor(1, DATA, 1, NEXT, 2);
+  driver.writeDescriptor(2, DATA + 0x100, 1, WRITE, 0);
+  offer(driver, 1, 0);
+  const held = device.pop()!;
+  // The driver reuses the descriptors it gave away, pointing them elsewhere, and offers the head again.
+  driver.writeDescriptor(1, DATA + 0x200, 7, 0, 0);
+  offer(driver, 1, 1);
+  assert.throws(() => device.pop(), (e: unknown) => {
+    assert.ok(e instanceof ChainError);
+    assert.equal(e.kind, ChainErrorKind.HEAD_IN_USE);
+    assert.equal(e.head, 1);
+    return true;
+  });
+  assert.equal(device.broken, true);
+  assert.equal(device.error?.kind, ChainErrorKind.HEAD_IN_USE);
+  assert.equal(device.pop(), null);
+  assert.equal(device.lastAvailIdx, 1, 'the offending entry is not consumed');
+  // The chain the device holds is untouched: same buffers as when it was popped.
+  assert.deepEqual([held.readableLength, held.writableLength, held.descriptorCount], [1, 1, 2]);
+  assert.deepEqual([...held.readAll()], [0xaa]);
+  assert.equal(held.writable[0]!.byteOffset, mem.gpaSlice(DATA + 0x100, 1).byteOffset);
+  // It can still be completed.
+  device.push(held.head, 1);
+  assert.equal(device.inFlight, 0);
+});
+
+test('a head may come back once pushed, even before the used index is flushed', () => {
+  const rig = makeRig(4);
+  const { driver, device } = rig;
+  driver.writeDescriptor(0, DATA, 4, 0, 0);
+  for (let slot = 0; slot < 10; slot++) {
+    offer(driver, 0, slot);
+    const c = device.pop()!;
+    assert.equal(c.head, 0);
+    device.push(0, 0);
+  }
+  device.flush();
+  assert.equal(device.broken, false);
+  assert.equal(device.usedIdx, 10);
+});
+
+test('reset starts a new pool: a chain held across a reset is never refilled', () => {
+  const rig = makeRig(8);
+  const { driver, device, mem } = rig;
+  driver.writeDescriptor(0, DATA, 4, 0, 0);
+  offer(driver, 0, 0);
+  const held = device.pop()!;
+  assert.equal(device.inFlight, 1);
+  device.reset();
+  assert.equal(device.inFlight, 0);
+  device.configure(mem, toVa(mem, RINGS));
+  driver.writeDescriptor(0, DATA + 0x100, 8, WRITE, 0);
+  offer(driver, 0, 0);
+  const fresh = device.pop()!;
+  assert.notEqual(fresh, held);
+  assert.deepEqual([held.readableLength, held.writableLength], [4, 0]);
+  assert.deepEqual([fresh.readableLength, fresh.writableLength], [0, 8]);
 });

@@ -16,7 +16,7 @@ import { logger as makeLogger, type Logger } from '../../util/log.js';
 import type { BlockStorage, IoCallback } from './storage/storage.js';
 import { BlkConfigOffset, encodeBlkConfig } from './config.js';
 import { Blk, BlkRequestType, BlkStatus, readHeader, readSegment, type BlkHeader, type BlkSegment } from './request.js';
-import { sliceViews } from '../../util/views.js';
+import { emptyViewList, sliceViewsInto } from '../../util/views.js';
 
 /** Options for {@link BlkDevice}. */
 export interface BlkDeviceOptions {
@@ -75,6 +75,7 @@ const Phase = {
 } as const;
 
 const FLUSH_MASK = featureMask(BlkFeature.FLUSH);
+const NO_SEGMENTS = new Uint8Array(0);
 const WCE_MASK = featureMask(BlkFeature.CONFIG_WCE);
 
 function positiveInt(value: number | undefined, fallback: number, name: string, max = 0xffffffff): number {
@@ -84,8 +85,8 @@ function positiveInt(value: number | undefined, fallback: number, name: string, 
 }
 
 /**
- * One request in flight. Pooled: a request is reused once it completes, so the hot path allocates only the
- * storage's own bookkeeping and the list of data views.
+ * One request in flight. Pooled: a request is reused once it completes, with its data view list and segment
+ * buffer, so the hot path allocates nothing of ours (the chain and its views come pooled from the queue).
  */
 class BlkRequest {
   readonly #device: BlkDevice;
@@ -101,8 +102,10 @@ class BlkRequest {
   phase: number = Phase.IO;
   /** Make the result durable before completing (write-through). */
   sync = false;
-  /** Discard / write-zeroes: the segments copied out of the chain, how many, and the next one. */
-  segments: Uint8Array | null = null;
+  /** The data part of the chain handed to the storage: refilled for every read and write. */
+  readonly data: Uint8Array[] = emptyViewList();
+  /** Discard / write-zeroes: the segments copied out of the chain (grown as needed, kept), how many, the next. */
+  segments: Uint8Array = NO_SEGMENTS;
   segmentCount = 0;
   nextSegment = 0;
   readonly #segment: BlkSegment = { sector: 0, numSectors: 0, flags: 0 };
@@ -117,7 +120,7 @@ class BlkRequest {
   /** Run the next segment, or move on when none is left. */
   runSegments(): void {
     if (this.nextSegment < this.segmentCount) {
-      const s = readSegment(this.segments!, this.nextSegment++, this.#segment);
+      const s = readSegment(this.segments, this.nextSegment++, this.#segment);
       const pos = s.sector * Blk.SECTOR_SIZE;
       const len = s.numSectors * Blk.SECTOR_SIZE;
       this.phase = Phase.SEGMENT;
@@ -179,7 +182,6 @@ class BlkRequest {
     this.vring = null;
     this.chain = null;
     this.status = null;
-    this.segments = null;
     this.#device.finished(this, status);
     vring.complete(chain, len);
   }
@@ -214,6 +216,7 @@ export class BlkDevice implements VirtioDevice {
   #negotiated = 0n;
   readonly #pool: BlkRequest[] = [];
   readonly #header: BlkHeader = { type: 0, sector: 0 };
+  readonly #segment: BlkSegment = { sector: 0, numSectors: 0, flags: 0 };
   readonly #scratch = new Uint8Array(Blk.HEADER_SIZE);
   readonly #warned = new Set<string>();
 
@@ -363,7 +366,7 @@ export class BlkDevice implements VirtioDevice {
         stats.bytesRead += len;
         req.written = len;
         if (len === 0) return req.finish(BlkStatus.OK);
-        this.storage.read(sliceViews(chain.writable, 0, len), h.sector * Blk.SECTOR_SIZE, req.callback);
+        this.storage.read(sliceViewsInto(req.data, chain.writable, 0, len), h.sector * Blk.SECTOR_SIZE, req.callback);
         return;
       }
       case BlkRequestType.OUT: {
@@ -375,7 +378,8 @@ export class BlkDevice implements VirtioDevice {
         stats.bytesWritten += len;
         req.sync = this.writeThrough;
         if (len === 0) return req.afterWrite();
-        this.storage.write(sliceViews(chain.readable, Blk.HEADER_SIZE, rlen), h.sector * Blk.SECTOR_SIZE, req.callback);
+        this.storage.write(sliceViewsInto(req.data, chain.readable, Blk.HEADER_SIZE, rlen), h.sector * Blk.SECTOR_SIZE,
+          req.callback);
         return;
       }
       case BlkRequestType.FLUSH:
@@ -434,10 +438,12 @@ export class BlkDevice implements VirtioDevice {
     const maxSeg = discard ? this.maxDiscardSeg : this.maxWriteZeroesSeg;
     if (count > maxSeg) return this.#reject(req, 'limits', `${name} ${chain.head}: ${count} segments (max ${maxSeg})`);
     // Copied: the segments are used over several asynchronous steps and the guest may rewrite them meanwhile.
-    const segments = new Uint8Array(payload);
+    // The request keeps its buffer; only `payload` bytes of it are meaningful (the readable part ends there).
+    if (req.segments.byteLength < payload) req.segments = new Uint8Array(Math.max(payload, 4 * Blk.SEGMENT_SIZE));
+    const segments = req.segments;
     chain.readInto(segments, Blk.HEADER_SIZE);
     const maxSectors = discard ? this.maxDiscardSectors : this.maxWriteZeroesSectors;
-    const s: BlkSegment = { sector: 0, numSectors: 0, flags: 0 };
+    const s = this.#segment;
     for (let i = 0; i < count; i++) {
       readSegment(segments, i, s);
       // virtio 1.2, 5.2.6.2: unknown flags, and unmap on a discard, are UNSUPP.
@@ -454,7 +460,6 @@ export class BlkDevice implements VirtioDevice {
     }
     if (discard) this.stats.discards++;
     else this.stats.writeZeroes++;
-    req.segments = segments;
     req.segmentCount = count;
     req.nextSegment = 0;
     req.sync = this.writeThrough;

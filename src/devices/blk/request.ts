@@ -58,13 +58,15 @@ function u32(b: Uint8Array, o: number): number {
 
 /**
  * Decode the header of `chain` into `out`. Returns false when the readable part is shorter than a header.
- * `scratch` (16 bytes) is used when the header is split over several buffers.
+ * `scratch` (at least 16 bytes; exactly 16 avoids a sub-view) is used when the header is split over several
+ * buffers. Allocates nothing otherwise.
  */
 export function readHeader(chain: DescriptorChain, out: BlkHeader, scratch: Uint8Array): boolean {
   if (chain.readableLength < Blk.HEADER_SIZE) return false;
   let h = chain.readable[0]!;
   if (h.byteLength < Blk.HEADER_SIZE) {
-    chain.readInto(scratch.subarray(0, Blk.HEADER_SIZE));
+    // Only the first 16 bytes of scratch are filled and read.
+    chain.readInto(scratch.byteLength === Blk.HEADER_SIZE ? scratch : scratch.subarray(0, Blk.HEADER_SIZE));
     h = scratch;
   }
   out.type = u32(h, 0);

@@ -6,9 +6,16 @@ import path from 'node:path';
 import { DeviceServer } from '../../../src/device/server.js';
 import { VirtioDriver, type BufferRef } from '../../../src/driver/driver.js';
 import { BlkDevice, type BlkDeviceOptions } from '../../../src/devices/blk/device.js';
-import { BlkRequestType, encodeHeader, encodeSegments, type BlkSegment } from '../../../src/devices/blk/request.js';
+import { Blk, BlkRequestType, BlkStatus, encodeHeader, encodeSegments, type BlkSegment } from '../../../src/devices/blk/request.js';
 import type { BlockStorage, IoCallback } from '../../../src/devices/blk/storage/storage.js';
 import { decodeBlkConfig } from '../../../src/virtio/config.js';
+import type { Vring } from '../../../src/device/vring.js';
+import { GuestMemory } from '../../../src/memory/guest-memory.js';
+import { MemoryRegion } from '../../../src/memory/region.js';
+import type { DescriptorChain } from '../../../src/virtqueue/chain.js';
+import { DriverQueue } from '../../../src/virtqueue/driver-queue.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../../src/virtqueue/layout.js';
+import { SplitQueue } from '../../../src/virtqueue/split-queue.js';
 import { tempDir } from '../../helpers/tmp.js';
 
 /** What a request came back with. `status` is -1 when the device did not write the status byte. */
@@ -237,5 +244,78 @@ export class SpyStorage implements BlockStorage {
 
   close(): Promise<void> {
     return this.inner.close();
+  }
+}
+
+/**
+ * A BlkDevice driven in-process, without sockets: a split queue over plain shared memory, a driver whose request
+ * slots (header, data, status; descriptors written once) are offered again and again, and a stand-in for the
+ * framework's ring that pushes completed chains. Each round offers every slot and processes them in one pass.
+ */
+export class InProcessBlk {
+  readonly mem: GuestMemory;
+  readonly driver: DriverQueue<number>;
+  readonly queue: SplitQueue;
+  readonly device: BlkDevice;
+  readonly vring: Vring;
+  readonly slots: { head: number; header: DataView; data: Uint8Array; status: Uint8Array }[] = [];
+  readonly #bs: number;
+  #avail = 0;
+  #seed = 7;
+
+  constructor(storage: BlockStorage, options: { qd?: number; bs?: number; type?: number } = {}) {
+    const qd = options.qd ?? 32;
+    const bs = options.bs ?? 4096;
+    this.#bs = bs;
+    const type = options.type ?? BlkRequestType.IN;
+    const size = 128;
+    this.mem = new GuestMemory();
+    const ramSize = 0x10000 + qd * bs;
+    this.mem.add(MemoryRegion.fromBuffer({ guestPhysAddr: 0, size: ramSize, userAddr: 0x7f0000000000, mmapOffset: 0 },
+      new SharedArrayBuffer(ramSize)));
+    const rings = { desc: 0, avail: 0x1000, used: 0x2000 };
+    this.driver = new DriverQueue<number>(this.mem, size, rings);
+    this.queue = new SplitQueue(0, size);
+    this.queue.configure(this.mem, { desc: 0x7f0000000000, avail: 0x7f0000001000, used: 0x7f0000002000 });
+    this.device = new BlkDevice({ storage });
+    this.device.featuresNegotiated(this.device.features);
+    const queue = this.queue;
+    // What the device uses of a Vring: its index and complete().
+    this.vring = { index: 0, complete(chain: DescriptorChain, len: number) { queue.push(chain.head, len); } } as unknown as Vring;
+    const write = type === BlkRequestType.IN ? VIRTQ_DESC_F_WRITE : 0;
+    for (let k = 0; k < qd; k++) {
+      const head = 3 * k;
+      const hdr = 0x4000 + 32 * k;
+      const data = 0x10000 + bs * k;
+      this.driver.writeDescriptor(head, hdr, Blk.HEADER_SIZE, VIRTQ_DESC_F_NEXT, head + 1);
+      this.driver.writeDescriptor(head + 1, data, bs, write | VIRTQ_DESC_F_NEXT, head + 2);
+      this.driver.writeDescriptor(head + 2, hdr + 16, 1, VIRTQ_DESC_F_WRITE, 0);
+      const h = this.mem.gpaSlice(hdr, Blk.HEADER_SIZE);
+      h.set(encodeHeader(type, 0));
+      this.slots.push({ head, header: new DataView(h.buffer, h.byteOffset, 16), data: this.mem.gpaSlice(data, bs),
+        status: this.mem.gpaSlice(hdr + 16, 1) });
+    }
+  }
+
+  /** Offer every slot (at random block-aligned sectors within `blocks` blocks), process, check every status. */
+  round(blocks: number): void {
+    const perBlock = this.#bs / Blk.SECTOR_SIZE;
+    const slots = this.slots;
+    for (let k = 0; k < slots.length; k++) {
+      const s = slots[k]!;
+      this.#seed = (Math.imul(this.#seed, 1103515245) + 12345) >>> 0;
+      s.header.setUint32(8, ((this.#seed >>> 8) % blocks) * perBlock, true);
+      s.status[0] = 0xff;
+      this.driver.writeAvailEntry(this.#avail + k, s.head);
+    }
+    this.#avail = (this.#avail + slots.length) & 0xffff;
+    this.driver.writeAvailIdx(this.#avail);
+    const q = this.queue;
+    for (let c = q.pop(); c !== null; c = q.pop()) this.device.handleChain(this.vring, c);
+    q.flush();
+    if (this.driver.readUsedIdx() !== this.#avail) throw new Error(`used.idx ${this.driver.readUsedIdx()} != ${this.#avail}`);
+    for (let k = 0; k < slots.length; k++) {
+      if (slots[k]!.status[0] !== BlkStatus.OK) throw new Error(`slot ${k}: status ${slots[k]!.status[0]}`);
+    }
   }
 }

@@ -77,6 +77,43 @@ test('memory storage: I/O across the 1 GiB chunk boundary', async () => {
   await s.close();
 });
 
+test('memory storage: page-sized reads come from cached page views that always show the current bytes', async () => {
+  // 32 pages and a partial one; the cache has a slot per page, so later reads of a page reuse its view.
+  const size = 32 * 4096 + 1000;
+  const s = new MemoryStorage({ size });
+  const mirror = new Uint8Array(size);
+  let seed = 1;
+  const rand = (n: number): number => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return (seed >>> 8) % n;
+  };
+  for (let i = 0; i < 400; i++) {
+    const op = rand(3);
+    // Positions and lengths aligned to pages, to sectors, or to nothing; views cut at odd places.
+    const align = [4096, 512, 1][rand(3)]!;
+    const pos = Math.floor(rand(size) / align) * align;
+    const len = Math.min(size - pos, 1 + rand(3 * 4096));
+    const cut = rand(len + 1);
+    if (op === 0) {
+      const data = pattern(len, i);
+      await run((d) => s.write([data.subarray(0, cut), data.subarray(cut)].filter((v) => v.byteLength > 0), pos, d));
+      mirror.set(data, pos);
+    } else if (op === 1) {
+      const out = new Uint8Array(len + 8).fill(0xee);
+      const views = [out.subarray(0, cut), out.subarray(cut, len)].filter((v) => v.byteLength > 0);
+      await run((d) => s.read(views, pos, d));
+      assert.deepEqual(out.subarray(0, len), mirror.subarray(pos, pos + len), `read ${pos}+${len} (cut ${cut})`);
+      assert.ok(out.subarray(len).every((b) => b === 0xee), 'nothing written past the views');
+    } else {
+      await run((d) => s.writeZeroes(pos, len, false, d));
+      mirror.fill(0, pos, pos + len);
+    }
+  }
+  assert.deepEqual(await readBack(s, 0, size), mirror);
+  await s.close();
+  await assert.rejects(readBack(s, 0, 4096), (e: StorageError) => e.code === 'EBADF');
+});
+
 test('read-only storage refuses every kind of write', async () => {
   for (const s of [new MemoryStorage({ size: 4096, readOnly: true }), new NullStorage({ size: 4096, readOnly: true })]) {
     const isRo = (e: StorageError) => e.code === 'EROFS';

@@ -1,6 +1,10 @@
 /**
  * A RAM disk: the bytes live in this process and are gone when it exits. Every operation completes
  * synchronously, with one copy between the caller's views and the disk.
+ *
+ * Copies allocate nothing in the common case: a write copies each whole caller view into the disk at an offset
+ * (`set` takes a target offset), and a read of whole 4 KiB pages copies from page views kept in a bounded
+ * direct-mapped cache (`set` needs the source as one whole array, so reading a range needs a view of it).
  */
 import {
   closedError, rangeError, readOnlyError, totalLength, type BlockStorage, type IoCallback, type StorageKind,
@@ -9,6 +13,11 @@ import {
 /** Bytes per backing chunk: large disks are several buffers (one Buffer is limited to 4 GiB on Node 20). */
 const CHUNK_SHIFT = 30;
 const CHUNK_SIZE = 2 ** CHUNK_SHIFT;
+/** Granule of the read-side view cache. */
+const PAGE_SHIFT = 12;
+const PAGE_SIZE = 1 << PAGE_SHIFT;
+/** Most cached page views (each ~100 bytes of heap): covers 256 MiB of disk. */
+const PAGE_CACHE_MAX = 1 << 16;
 
 /** Options for {@link MemoryStorage}. */
 export interface MemoryStorageOptions {
@@ -25,6 +34,10 @@ export class MemoryStorage implements BlockStorage {
   readonly canUnmap = false;
   readonly description: string;
   #chunks: Buffer[] | null;
+  /** Views of whole pages, slot `page & mask`, valid when `#pageKeys[slot] === page`. */
+  readonly #pages: Uint8Array[];
+  readonly #pageKeys: Float64Array;
+  readonly #pageMask: number;
 
   constructor(options: MemoryStorageOptions) {
     const { size } = options;
@@ -34,6 +47,13 @@ export class MemoryStorage implements BlockStorage {
     this.#chunks = [];
     // Buffer.alloc of a large size is calloc'ed: untouched pages cost nothing.
     for (let at = 0; at < size; at += CHUNK_SIZE) this.#chunks.push(Buffer.alloc(Math.min(CHUNK_SIZE, size - at)));
+    let slots = 1;
+    while (slots < PAGE_CACHE_MAX && slots * PAGE_SIZE < size) slots *= 2;
+    this.#pageMask = slots - 1;
+    this.#pageKeys = new Float64Array(slots).fill(-1);
+    const empty = new Uint8Array(0);
+    this.#pages = [];
+    for (let i = 0; i < slots; i++) this.#pages.push(empty);
     this.description = `memory disk of ${size} bytes${this.readOnly ? ' (read-only)' : ''}`;
   }
 
@@ -49,13 +69,32 @@ export class MemoryStorage implements BlockStorage {
       while (copied < dst.byteLength) {
         const chunk = chunks[Math.floor(pos / CHUNK_SIZE)]!;
         const off = pos % CHUNK_SIZE;
-        const n = Math.min(dst.byteLength - copied, chunk.byteLength - off);
+        const want = dst.byteLength - copied;
+        if ((off & (PAGE_SIZE - 1)) === 0 && want >= PAGE_SIZE && chunk.byteLength - off >= PAGE_SIZE) {
+          // Whole pages (chunks are whole pages, so a page never straddles two).
+          dst.set(this.#page(chunk, pos, off), copied);
+          copied += PAGE_SIZE;
+          pos += PAGE_SIZE;
+          continue;
+        }
+        const n = Math.min(want, chunk.byteLength - off, PAGE_SIZE - (off & (PAGE_SIZE - 1)));
         chunk.copy(dst, copied, off, off + n);
         copied += n;
         pos += n;
       }
     }
     done(null);
+  }
+
+  /** The cached view of the page at disk position `pos` (offset `off` in `chunk`). */
+  #page(chunk: Buffer, pos: number, off: number): Uint8Array {
+    const page = pos / PAGE_SIZE;
+    const slot = page & this.#pageMask;
+    if (this.#pageKeys[slot] === page) return this.#pages[slot]!;
+    const v = new Uint8Array(chunk.buffer, chunk.byteOffset + off, PAGE_SIZE);
+    this.#pages[slot] = v;
+    this.#pageKeys[slot] = page;
+    return v;
   }
 
   write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
@@ -109,5 +148,8 @@ export class MemoryStorage implements BlockStorage {
 
   async close(): Promise<void> {
     this.#chunks = null;
+    // The cached views would keep the chunks' memory alive.
+    this.#pages.fill(new Uint8Array(0));
+    this.#pageKeys.fill(-1);
   }
 }

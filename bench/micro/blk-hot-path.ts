@@ -1,0 +1,280 @@
+/**
+ * Micro-benchmark of the device-side hot path, in one process and without sockets or kicks: a driver (fixed
+ * descriptors per request slot, rewritten avail entries only, so the driver itself allocates nothing) feeds a
+ * real {@link Vring} over {@link GuestRam} (a memfd mapping, as in the daemon), and each round is one processing
+ * pass as the framework runs it (`vring.batch` of pop + handleChain), at a fixed queue depth.
+ *
+ * Cases: `queue` (SplitQueue pop/push/flush only), `blk-<null|memory>-<read|write>` (BlkDevice).
+ * Prints ns/request and bytes allocated per request. Allocation is counted exactly with `v8.GCProfiler`: the
+ * growth of the used heap over the measured window plus what every collection in it freed.
+ *
+ *   node dist/bench/micro/blk-hot-path.js [--requests N] [--warmup N] [--qd 32] [--bs 4096] [--cases a,b]
+ *     [--inflight] [--json]
+ *
+ * Timing on a shared machine is noisy; for a deterministic cost, count instructions with valgrind for two
+ * request counts and divide the difference (see bench/micro/README.md).
+ */
+import v8 from 'node:v8';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { GuestRam } from '../../src/driver/guest-ram.js';
+import { Vring } from '../../src/device/vring.js';
+import { BlkDevice } from '../../src/devices/blk/device.js';
+import { Blk, BlkRequestType, encodeHeader } from '../../src/devices/blk/request.js';
+import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
+import { NullStorage } from '../../src/devices/blk/storage/null.js';
+import { native } from '../../src/native/index.js';
+import { logger } from '../../src/util/log.js';
+import { DriverQueue } from '../../src/virtqueue/driver-queue.js';
+import { InflightQueue, inflightQueueSize } from '../../src/virtqueue/inflight.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, availRingBytes, descTableBytes, usedRingBytes } from '../../src/virtqueue/layout.js';
+import { SplitQueue } from '../../src/virtqueue/split-queue.js';
+
+const QUEUE_SIZE = 128;
+/** Small enough that every 4 KiB block is read during the warm-up (the memory disk caches page views). */
+const DISK = 16 << 20;
+
+interface Options {
+  requests: number;
+  /** Requests before measuring (default: 64000 or an eighth of `requests`, whichever is more). */
+  warmup?: number;
+  qd: number;
+  bs: number;
+  inflight: boolean;
+}
+
+/** One measured run. */
+export interface MicroResult {
+  case: string;
+  requests: number;
+  /** Wall-clock time per request. */
+  nsPerRequest: number;
+  /** Process CPU time (user + system, GC threads included) per request: less sensitive to a busy machine. */
+  cpuNsPerRequest: number;
+  bytesPerRequest: number;
+  collections: number;
+}
+
+/** What runs one round: make `qd` requests available, process them, check they all came back. */
+interface Workload {
+  round(): void;
+  close(): void;
+}
+
+/** Guest RAM, rings, and per-slot header / data / status buffers with their descriptors written once. */
+class Driver {
+  readonly ram: GuestRam;
+  readonly queue: DriverQueue<number>;
+  readonly rings: { desc: number; avail: number; used: number };
+  readonly heads: number[] = [];
+  readonly headers: DataView[] = [];
+  readonly status: Uint8Array[] = [];
+  #avail = 0;
+  #seed = 12345;
+
+  constructor(qd: number, bs: number, type: number) {
+    if (3 * qd > QUEUE_SIZE) throw new RangeError(`qd ${qd}: at most ${QUEUE_SIZE / 3}`);
+    this.ram = new GuestRam({ size: 8 << 20 });
+    const ram = this.ram;
+    this.rings = {
+      desc: ram.alloc(descTableBytes(QUEUE_SIZE), 4096),
+      avail: ram.alloc(availRingBytes(QUEUE_SIZE, true), 4096),
+      used: ram.alloc(usedRingBytes(QUEUE_SIZE, true), 4096),
+    };
+    this.queue = new DriverQueue<number>(ram.memory, QUEUE_SIZE, this.rings, { eventIdx: true });
+    const write = type === BlkRequestType.IN ? VIRTQ_DESC_F_WRITE : 0;
+    for (let k = 0; k < qd; k++) {
+      const head = 3 * k;
+      const hdr = ram.alloc(Blk.HEADER_SIZE, 16);
+      const data = ram.alloc(bs, 4096);
+      const st = ram.alloc(1, 1);
+      ram.bytes(hdr, Blk.HEADER_SIZE).set(encodeHeader(type, 0));
+      this.queue.writeDescriptor(head, hdr, Blk.HEADER_SIZE, VIRTQ_DESC_F_NEXT, head + 1);
+      this.queue.writeDescriptor(head + 1, data, bs, write | VIRTQ_DESC_F_NEXT, head + 2);
+      this.queue.writeDescriptor(head + 2, st, 1, VIRTQ_DESC_F_WRITE, 0);
+      const h = ram.bytes(hdr, Blk.HEADER_SIZE);
+      this.headers.push(new DataView(h.buffer, h.byteOffset, Blk.HEADER_SIZE));
+      this.status.push(ram.bytes(st, 1));
+      this.heads.push(head);
+    }
+  }
+
+  /** Offer every slot again, each at a new random block (`blocks` of `bs` bytes). */
+  offer(blocks: number, bs: number): void {
+    const q = this.queue;
+    const perBlock = bs / Blk.SECTOR_SIZE;
+    for (let k = 0; k < this.heads.length; k++) {
+      this.#seed = (Math.imul(this.#seed, 1103515245) + 12345) >>> 0;
+      this.headers[k]!.setUint32(8, ((this.#seed >>> 8) % blocks) * perBlock, true);
+      this.status[k]![0] = 0xff;
+      q.writeAvailEntry(this.#avail + k, this.heads[k]!);
+    }
+    this.#avail = (this.#avail + this.heads.length) & 0xffff;
+    q.writeAvailIdx(this.#avail);
+  }
+
+  /** Throw unless every offered request came back with status OK. */
+  check(): void {
+    if (this.queue.readUsedIdx() !== this.#avail) {
+      throw new Error(`used.idx ${this.queue.readUsedIdx()} != avail.idx ${this.#avail}`);
+    }
+    for (let k = 0; k < this.status.length; k++) {
+      if (this.status[k]![0] !== 0) throw new Error(`slot ${k}: status ${this.status[k]![0]}`);
+    }
+  }
+
+  close(): void {
+    this.ram.close();
+  }
+}
+
+function inflightFor(opts: Options): InflightQueue | undefined {
+  if (!opts.inflight) return undefined;
+  return new InflightQueue(new ArrayBuffer(inflightQueueSize(QUEUE_SIZE)), 0, QUEUE_SIZE);
+}
+
+/** SplitQueue only: pop every chain, push it with length 1, flush once per round. */
+function queueWorkload(opts: Options): Workload {
+  const driver = new Driver(opts.qd, opts.bs, BlkRequestType.IN);
+  const q = new SplitQueue(0, QUEUE_SIZE);
+  q.eventIdx = true;
+  q.configure(driver.ram.memory, {
+    desc: driver.ram.userAddrOf(driver.rings.desc),
+    avail: driver.ram.userAddrOf(driver.rings.avail),
+    used: driver.ram.userAddrOf(driver.rings.used),
+  });
+  const inflight = inflightFor(opts);
+  if (inflight) q.attachInflight(inflight);
+  return {
+    round() {
+      driver.offer(1, opts.bs);
+      for (let c = q.pop(); c !== null; c = q.pop()) {
+        c.writable[c.writable.length - 1]![0] = 0;
+        q.push(c.head, 1);
+      }
+      q.flush();
+      driver.check();
+    },
+    close() {
+      driver.close();
+    },
+  };
+}
+
+/** A BlkDevice behind a real Vring, processed as the framework does (one batch per round). */
+function blkWorkload(opts: Options, storageKind: 'null' | 'memory', type: number): Workload {
+  const driver = new Driver(opts.qd, opts.bs, type);
+  const storage = storageKind === 'null' ? new NullStorage({ size: DISK }) : new MemoryStorage({ size: DISK });
+  const device = new BlkDevice({ storage, logger: logger('bench') });
+  device.featuresNegotiated(device.features);
+  let failure: Error | undefined;
+  const vring = new Vring(0, { available() {}, broken(_v, err) { failure = err; } }, logger('bench'));
+  vring.size = QUEUE_SIZE;
+  vring.addresses = {
+    desc: driver.ram.userAddrOf(driver.rings.desc),
+    avail: driver.ram.userAddrOf(driver.rings.avail),
+    used: driver.ram.userAddrOf(driver.rings.used),
+  };
+  vring.enabled = true;
+  vring.eventIdx = true;
+  vring.indirect = true;
+  vring.inflight = inflightFor(opts);
+  vring.start(native.eventfd(0), driver.ram.memory, device.maxChainLength);
+  vring.stopWatching();
+  const blocks = Math.floor(DISK / opts.bs);
+  // One pass as the framework runs it; bound once, so the loop itself allocates nothing.
+  const pass = (): void => {
+    for (let c = vring.pop(); c !== null; c = vring.pop()) device.handleChain(vring, c);
+  };
+  return {
+    round() {
+      driver.offer(blocks, opts.bs);
+      vring.batch(pass);
+      if (failure) throw failure;
+      driver.check();
+    },
+    close() {
+      vring.dispose();
+      void storage.close();
+      driver.close();
+    },
+  };
+}
+
+function makeWorkload(name: string, opts: Options): Workload {
+  if (name === 'queue') return queueWorkload(opts);
+  const m = /^blk-(null|memory)-(read|write)$/.exec(name);
+  if (!m) throw new Error(`unknown case ${name}`);
+  return blkWorkload(opts, m[1] as 'null' | 'memory', m[2] === 'read' ? BlkRequestType.IN : BlkRequestType.OUT);
+}
+
+/** Run one case: warm up, then measure time and allocation over `requests` requests. */
+export function runCase(name: string, opts: Options): MicroResult {
+  const w = makeWorkload(name, opts);
+  try {
+    const rounds = Math.max(1, Math.ceil(opts.requests / opts.qd));
+    const warm = opts.warmup !== undefined ? Math.ceil(opts.warmup / opts.qd) : Math.max(2000, rounds >> 3);
+    for (let i = 0; i < warm; i++) w.round();
+    const profiler = new v8.GCProfiler();
+    const before = v8.getHeapStatistics().used_heap_size;
+    profiler.start();
+    const c0 = process.cpuUsage();
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < rounds; i++) w.round();
+    const t1 = process.hrtime.bigint();
+    const c1 = process.cpuUsage(c0);
+    const after = v8.getHeapStatistics().used_heap_size;
+    const stats = profiler.stop().statistics;
+    let freed = 0;
+    for (const s of stats) freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
+    const requests = rounds * opts.qd;
+    return {
+      case: name,
+      requests,
+      nsPerRequest: Number(t1 - t0) / requests,
+      cpuNsPerRequest: (c1.user + c1.system) * 1000 / requests,
+      bytesPerRequest: Math.max(0, after - before + freed) / requests,
+      collections: stats.length,
+    };
+  } finally {
+    w.close();
+  }
+}
+
+const ALL = ['queue', 'blk-null-read', 'blk-null-write', 'blk-memory-read', 'blk-memory-write'];
+
+function main(): void {
+  const { values } = parseArgs({
+    options: {
+      requests: { type: 'string', default: '500000' },
+      warmup: { type: 'string' },
+      qd: { type: 'string', default: '32' },
+      bs: { type: 'string', default: '4096' },
+      cases: { type: 'string', default: ALL.join(',') },
+      inflight: { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  const opts: Options = {
+    requests: Number(values.requests),
+    warmup: values.warmup === undefined ? undefined : Number(values.warmup),
+    qd: Number(values.qd),
+    bs: Number(values.bs),
+    inflight: values.inflight,
+  };
+  const results: MicroResult[] = [];
+  for (const name of values.cases.split(',')) results.push(runCase(name, opts));
+  if (values.json) {
+    console.log(JSON.stringify({ node: process.version, ...opts, results }, null, 2));
+    return;
+  }
+  console.log(`node ${process.version}, qd ${opts.qd}, bs ${opts.bs}, inflight ${opts.inflight ? 'on' : 'off'}`);
+  console.log('case                 requests   ns/req  cpu ns/req  bytes/req  GCs');
+  for (const r of results) {
+    console.log(`${r.case.padEnd(20)} ${String(r.requests).padStart(8)} ${r.nsPerRequest.toFixed(0).padStart(8)} ` +
+      `${r.cpuNsPerRequest.toFixed(0).padStart(11)} ${r.bytesPerRequest.toFixed(1).padStart(10)} ` +
+      `${String(r.collections).padStart(4)}`);
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) main();
