@@ -3,7 +3,7 @@
  * disk on a vhost-user socket (default ./vhost-user-blk.sock).
  */
 import path from 'node:path';
-import { BlkDevice } from '../devices/blk/device.js';
+import { BlkDevice, type BlkStats } from '../devices/blk/device.js';
 import { openStorage, type BlockStorage, type StorageSpec } from '../devices/blk/storage/index.js';
 import { Limits } from '../protocol/constants.js';
 import {
@@ -73,6 +73,18 @@ function storageSpec(v: Record<string, unknown>): StorageSpec {
   return { kind: 'memory', size: sizeOption((v.memory as string | undefined) ?? DEFAULT_MEMORY, 'memory'), readOnly };
 }
 
+/** Counters of several threads added up. */
+function sumStats(all: BlkStats[]): BlkStats {
+  const total = structuredClone(all[0]!);
+  for (const s of all.slice(1)) {
+    for (const key of Object.keys(total) as (keyof BlkStats)[]) {
+      if (key === 'perQueue') total.perQueue = total.perQueue.map((n, i) => n + (s.perQueue[i] ?? 0));
+      else total[key] += s[key];
+    }
+  }
+  return total;
+}
+
 /** QEMU arguments attaching the disk: shared memory, the chardev (QEMU is the server when we connect out), the device. */
 export function blkQemuArgs(socketPath: string, numQueues: number, weConnect: boolean): string[] {
   const chardev = weConnect
@@ -105,7 +117,7 @@ export async function blkMain(argv: string[]): Promise<number> {
 
   let storage: BlockStorage | undefined;
   let device: BlkDevice | undefined;
-  let logStats: (() => void) | undefined;
+  let logStats: ((s: BlkStats) => void) | undefined;
   const qemuArgs = (s: string) => blkQemuArgs(s, numQueues, v.client === true);
   return runDaemon(v, {
     name: 'blk',
@@ -126,8 +138,7 @@ export async function blkMain(argv: string[]): Promise<number> {
     qemuArgs,
     started(_server, log) {
       const d = device!;
-      logStats = () => {
-        const s = d.stats;
+      logStats = (s: BlkStats) => {
         log.info(`served ${s.requests} requests: ${s.reads} reads (${s.bytesRead} bytes), ${s.writes} writes ` +
           `(${s.bytesWritten} bytes), ${s.flushes} flushes, ${s.discards} discards, ${s.writeZeroes} write-zeroes, ` +
           `${s.errors} IOERR, ${s.unsupported} UNSUPP; per queue [${s.perQueue.join(', ')}]`);
@@ -139,8 +150,13 @@ export async function blkMain(argv: string[]): Promise<number> {
         `${serial ? `, serial '${serial}'` : ''}; ${where}\n` +
         `Attach QEMU with:\n${formatQemu(qemuArgs(socketPath ?? '/path/to/socket'))}\n`);
     },
+    async closing(server) {
+      if (!logStats || !device) return;
+      // Requests served on queue workers are counted there.
+      const perWorker = (await server.workers?.stats()) as BlkStats[] | undefined;
+      logStats(sumStats([device.stats, ...(perWorker ?? [])]));
+    },
     async stopping() {
-      logStats?.();
       await storage?.close();
     },
   });

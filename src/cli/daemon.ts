@@ -101,8 +101,10 @@ export interface DaemonSpec {
   qemuArgs(socketPath: string): string[];
   /** Called once the server listens (print how to attach, start stats timers...). */
   started?(server: DeviceServer, log: Logger): void;
-  /** Called on shutdown before the server closes (flush storage...). */
+  /** Called on shutdown after the server closed (close storage...). */
   stopping?(): Promise<void> | void;
+  /** Called on a stop request while the server (and its queue workers) still run: last statistics. */
+  closing?(server: DeviceServer): Promise<void> | void;
 }
 
 /** Shell-quote an argument for printing a command line. */
@@ -196,6 +198,11 @@ export async function runDaemon(values: CommonValues, spec: DaemonSpec): Promise
   } finally {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
+  }
+  try {
+    await spec.closing?.(server);
+  } catch (err) {
+    log.warn(`before closing: ${(err as Error).message}`);
   }
   await server.close();
   await spec.stopping?.();

@@ -7,7 +7,7 @@
  * read-only disk) or UNSUPP (unknown type, unknown segment flags). A chain without any device-writable byte is
  * completed with length 0 and logged. The used length is the bytes written to the guest: data read + status.
  */
-import type { VirtioDevice } from '../../device/device.js';
+import type { QueueWorkerSpec, VirtioDevice } from '../../device/device.js';
 import type { Vring } from '../../device/vring.js';
 import { RequestRejected } from '../../protocol/backend.js';
 import type { DescriptorChain } from '../../virtqueue/chain.js';
@@ -17,6 +17,7 @@ import type { BlockStorage, IoCallback } from './storage/storage.js';
 import { BlkConfigOffset, encodeBlkConfig } from './config.js';
 import { Blk, BlkRequestType, BlkStatus, readHeader, readSegment, type BlkHeader, type BlkSegment } from './request.js';
 import { emptyViewList, sliceViewsInto } from '../../util/views.js';
+import { shareStorage, type StorageShare } from './storage/shared.js';
 
 /** Options for {@link BlkDevice}. */
 export interface BlkDeviceOptions {
@@ -42,6 +43,20 @@ export interface BlkDeviceOptions {
   maxWriteZeroesSectors?: number;
   maxWriteZeroesSeg?: number;
   logger?: Logger;
+}
+
+/** What the connection's thread decides and queue workers follow. */
+export interface BlkWorkerState {
+  /** Negotiated features (hex: bigints do not cross threads). */
+  features: string;
+  writeback: boolean;
+}
+
+/** What a queue worker gets to build its {@link BlkDevice} (see worker.ts). */
+export interface BlkWorkerData {
+  storage: StorageShare;
+  options: Omit<BlkDeviceOptions, 'storage' | 'logger'>;
+  state: BlkWorkerState;
 }
 
 /** Counters, for tests and statistics. */
@@ -219,8 +234,12 @@ export class BlkDevice implements VirtioDevice {
   readonly #segment: BlkSegment = { sector: 0, numSectors: 0, flags: 0 };
   readonly #scratch = new Uint8Array(Blk.HEADER_SIZE);
   readonly #warned = new Set<string>();
+  readonly #options: Omit<BlkDeviceOptions, 'storage' | 'logger'>;
+  #broadcast: ((state: BlkWorkerState) => void) | undefined;
 
   constructor(options: BlkDeviceOptions) {
+    const { storage: _storage, logger: _logger, ...rest } = options;
+    this.#options = rest;
     const storage = options.storage;
     this.storage = storage;
     this.#log = options.logger ?? makeLogger('blk');
@@ -306,6 +325,7 @@ export class BlkDevice implements VirtioDevice {
     if (value > 1) throw new RequestRejected(`virtio-blk config: writeback must be 0 or 1, not ${value}`);
     const was = this.#writeback;
     this.#writeback = value === 1;
+    this.#syncWorkers();
     if (was !== this.#writeback) this.#log.info(`cache mode: ${this.#writeback ? 'write-back' : 'write-through'}`);
     if (was && !this.#writeback) {
       await new Promise<void>((resolve) => this.storage.flush((err) => {
@@ -319,12 +339,40 @@ export class BlkDevice implements VirtioDevice {
     this.#negotiated = features;
     // virtio 1.2, 5.2.5: CONFIG_WCE without FLUSH means writeback starts at 0.
     if (hasFeature(features, BlkFeature.CONFIG_WCE) && !hasFeature(features, BlkFeature.FLUSH)) this.#writeback = false;
+    this.#syncWorkers();
+  }
+
+  /** Request queues may run on workers when the storage can be shared (file, memory, null). */
+  queueWorker(): QueueWorkerSpec | undefined {
+    const storage = shareStorage(this.storage);
+    if (!storage) return undefined;
+    const data: BlkWorkerData = { storage, options: this.#options, state: this.#workerState() };
+    return { module: new URL('./worker.js', import.meta.url).href, data };
+  }
+
+  attachWorkers(broadcast: (data: unknown) => void): void {
+    this.#broadcast = broadcast;
+  }
+
+  /** On a queue worker: follow the connection thread's state. */
+  applyWorkerState(state: BlkWorkerState): void {
+    this.#negotiated = BigInt(state.features);
+    this.#writeback = state.writeback;
+  }
+
+  #workerState(): BlkWorkerState {
+    return { features: `0x${this.#negotiated.toString(16)}`, writeback: this.#writeback };
+  }
+
+  #syncWorkers(): void {
+    this.#broadcast?.(this.#workerState());
   }
 
 
   reset(): void {
     this.#negotiated = 0n;
     this.#writeback = this.#defaultWriteback;
+    this.#syncWorkers();
   }
 
   handleChain(vring: Vring, chain: DescriptorChain): void {

@@ -203,3 +203,43 @@ test('an image served by the daemon keeps its data across restarts; read-only an
     cleanup();
   }
 });
+
+test('--workers 2: the queue-to-worker mapping is printed, both queues serve I/O, the exit statistics count it', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const sock = path.join(dir, 'w.sock');
+    await withDaemon(['--socket-path', sock, '--memory', '16M', '--num-queues', '2', '--workers', '2'], async (d) => {
+      const end = Date.now() + 20_000;
+      while (!d.stderr.includes('queue worker(s)') && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      assert.match(d.stderr, /2 queue worker\(s\): queue 0 -> worker 0, queue 1 -> worker 1/);
+      const c = await BlkClient.connect(sock, { queues: 2 });
+      try {
+        for (let i = 0; i < 10; i++) assert.equal((await c.write(i * 8, pattern(4096, i), { q: i % 2 })).status, BlkStatus.OK);
+        for (let i = 0; i < 10; i++) {
+          const r = await c.read(i * 8, 4096, { q: (i + 1) % 2 });
+          assert.deepEqual(new Uint8Array(r.data), pattern(4096, i));
+        }
+      } finally {
+        c.close();
+      }
+      assert.equal(await d.stop(), 0);
+      assert.match(d.stderr, /served 20 requests: 10 reads .* 10 writes .*per queue \[10, 10\]/);
+    });
+  } finally {
+    cleanup();
+  }
+});
+
+test('--workers with a device that cannot use them fails at start with a clear message', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      execFile(process.execPath, [MAIN, 'console', '--socket-path', path.join(dir, 'c.sock'), '--workers', '1'],
+        { timeout: 20_000 }, (err, _out, stderr) => resolve({ code: err ? (err.code as number) : 0, stderr }));
+    });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /cannot start the queue workers: this device cannot serve its queues on worker threads/);
+  } finally {
+    cleanup();
+  }
+});

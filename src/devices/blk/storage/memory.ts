@@ -24,6 +24,11 @@ export interface MemoryStorageOptions {
   /** Size in bytes (a positive safe integer). */
   size: number;
   readOnly?: boolean;
+  /**
+   * Use these bytes instead of fresh zeroed memory: another instance's {@link MemoryStorage.sharedChunks} (on a
+   * queue worker). Their lengths must add up to `size` in chunks of 1 GiB.
+   */
+  chunks?: readonly Uint8Array[];
 }
 
 /** A disk held in memory, zero-filled at start. Pages are only committed by the OS as they are written. */
@@ -45,8 +50,23 @@ export class MemoryStorage implements BlockStorage {
     this.size = size;
     this.readOnly = options.readOnly ?? false;
     this.#chunks = [];
-    // Buffer.alloc of a large size is calloc'ed: untouched pages cost nothing.
-    for (let at = 0; at < size; at += CHUNK_SIZE) this.#chunks.push(Buffer.alloc(Math.min(CHUNK_SIZE, size - at)));
+    if (options.chunks) {
+      const given = options.chunks;
+      for (let at = 0, i = 0; at < size; at += CHUNK_SIZE, i++) {
+        const c = given[i];
+        if (!c || c.byteLength !== Math.min(CHUNK_SIZE, size - at)) {
+          throw new RangeError(`memory disk: chunk ${i} does not fit a disk of ${size} bytes`);
+        }
+        this.#chunks.push(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+      }
+      if (given.length !== this.#chunks.length) throw new RangeError(`memory disk: ${given.length} chunks for ${size} bytes`);
+    } else {
+      // Shared so queue workers can use the same bytes; large allocations are calloc'ed, so untouched pages cost
+      // nothing.
+      for (let at = 0; at < size; at += CHUNK_SIZE) {
+        this.#chunks.push(Buffer.from(new SharedArrayBuffer(Math.min(CHUNK_SIZE, size - at))));
+      }
+    }
     let slots = 1;
     while (slots < PAGE_CACHE_MAX && slots * PAGE_SIZE < size) slots *= 2;
     this.#pageMask = slots - 1;
@@ -55,6 +75,11 @@ export class MemoryStorage implements BlockStorage {
     this.#pages = [];
     for (let i = 0; i < slots; i++) this.#pages.push(empty);
     this.description = `memory disk of ${size} bytes${this.readOnly ? ' (read-only)' : ''}`;
+  }
+
+  /** The disk's bytes for another thread's {@link MemoryStorage} (views of SharedArrayBuffers); undefined once closed. */
+  sharedChunks(): Uint8Array[] | undefined {
+    return this.#chunks?.map((c) => new Uint8Array(c.buffer, c.byteOffset, c.byteLength));
   }
 
   read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
