@@ -27,27 +27,28 @@ export function processable(handler: RingHandler, vring: Vring): boolean {
  */
 export function processRing(handler: RingHandler, vring: Vring): boolean {
   if (!processable(handler, vring)) return false;
-  vring.batch(() => {
+  const token = vring.beginBatch();
+  try {
     if (handler.onAvailable) {
       try {
         handler.onAvailable(vring);
       } catch (err) {
         vring.fail(err as Error);
       }
-      return;
-    }
-    const handle = handler.handleChain;
-    if (!handle) return;
-    for (let chain = vring.pop(); chain; chain = vring.pop()) {
-      try {
-        handle.call(handler, vring, chain);
-      } catch (err) {
-        // Give the chain back (length 0) so the ring's inflight count can reach zero for stop and reset.
-        vring.complete(chain, 0);
-        vring.fail(err as Error);
-        return;
+    } else if (handler.handleChain) {
+      for (let chain = vring.pop(); chain; chain = vring.pop()) {
+        try {
+          handler.handleChain(vring, chain);
+        } catch (err) {
+          // Give the chain back (length 0) so the ring's inflight count can reach zero for stop and reset.
+          vring.complete(chain, 0);
+          vring.fail(err as Error);
+          break;
+        }
       }
     }
-  });
+  } finally {
+    vring.endBatch(token);
+  }
   return true;
 }

@@ -62,6 +62,11 @@ export class Vring {
   #processing = false;
   #stopping = false;
   #resubmit: DescriptorChain[] = [];
+  /** Bound once: completions of asynchronous work are flushed a microtask later. */
+  readonly #flushTask = (): void => {
+    this.#flushScheduled = false;
+    this.flush();
+  };
 
   constructor(index: number, owner: VringOwner, log: Logger) {
     this.index = index;
@@ -270,10 +275,7 @@ export class Vring {
       this.#pendingCompletions++;
       if (!this.#processing && !this.#flushScheduled) {
         this.#flushScheduled = true;
-        queueMicrotask(() => {
-          this.#flushScheduled = false;
-          this.flush();
-        });
+        queueMicrotask(this.#flushTask);
       }
     }
     if (this.#inflightCount === 0 && this.#idleWaiters.length > 0) {
@@ -332,22 +334,33 @@ export class Vring {
    * contained during the pass (the frontend shrank a region's file) fails the ring.
    */
   batch(fn: () => void): void {
-    if (this.#processing) {
-      fn();
-      return;
-    }
-    this.#processing = true;
-    const faults = Atomics.load(faultCounter, 0);
+    const token = this.beginBatch();
     try {
       fn();
     } finally {
-      this.#processing = false;
-      if (Atomics.load(faultCounter, 0) !== faults) {
-        this.fail(new Error('guest memory vanished under a request (the frontend truncated a memory region\'s file); ' +
-          'the pages now read as zeros'));
-      }
-      this.flush();
+      this.endBatch(token);
     }
+  }
+
+  /**
+   * Open a processing pass by hand (what {@link batch} does, without a closure): returns a token for
+   * {@link endBatch}, which must run (in a `finally`) with it.
+   */
+  beginBatch(): number {
+    if (this.#processing) return -1;
+    this.#processing = true;
+    return Atomics.load(faultCounter, 0);
+  }
+
+  /** Close the pass {@link beginBatch} opened: check for contained faults, publish, notify. */
+  endBatch(token: number): void {
+    if (token < 0) return;
+    this.#processing = false;
+    if (Atomics.load(faultCounter, 0) !== token) {
+      this.fail(new Error('guest memory vanished under a request (the frontend truncated a memory region\'s file); ' +
+        'the pages now read as zeros'));
+    }
+    this.flush();
   }
 
   #onKick(): void {
