@@ -18,8 +18,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { formatProfile, summarizeCpuProfiles, type ProfileSummary } from '../common/cpuprofile.js';
 import { processCpuSeconds } from '../common/daemon.js';
-import { cliPath } from '../common/paths.js';
+import { cliPath, repoRoot, resultsDir } from '../common/paths.js';
 import { hostInfo, writeResults } from '../common/results.js';
 import { waitForQuiet } from '../common/system.js';
 import { markdownTable, ratio, textTable } from '../common/table.js';
@@ -33,6 +34,11 @@ const help = `usage: npm run bench:net -- [options]
   --repeat N        runs per case and backend, best kept (default 1)
   --quiet-wait SEC  wait up to SEC for other processes to go idle before each run (default 10)
   --no-switch       skip the switch-forwarding cases
+  --only SIDE       run only 'ours' or only 'dpdk' (no ratio then)
+  --poll-us N       pass --poll-us N to our daemon (its default otherwise)
+  --workers N       pass --workers N to our daemon (its default otherwise)
+  --profile         afterwards, run port-64 once more with our daemon under node --cpu-prof and print where its
+                    time goes (kept as bench/results/net-profile-port-64.cpuprofile)
   --markdown        also print the table as Markdown
   --no-write        do not write JSON results
   -h, --help        this help
@@ -64,18 +70,27 @@ interface CaseResult {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The monotonic-clock span (µs) of the last measurement, to cut a profile to it. */
+let lastWindow = { fromUs: 0, toUs: 0 };
+
 interface Options {
   time: number;
   warmup: number;
   quietWait: number;
+  /** Extra arguments for our daemon (--poll-us, --workers when given). */
+  daemonArgs: string[];
+  /** Run our daemon under `node --cpu-prof`, writing here. */
+  cpuProfileDir?: string;
 }
 
 /** Start our daemon with `ports` sockets in `dir`, pinned to core 1. */
-async function startOurs(dir: string, ports: number): Promise<{ child: ChildProcess; sockets: string[]; output: () => string }> {
+async function startOurs(o: Options, dir: string, ports: number):
+  Promise<{ child: ChildProcess; sockets: string[]; output: () => string }> {
   const sockets = Array.from({ length: ports }, (_, i) => path.join(dir, `ours${i}.sock`));
   for (const s of sockets) fs.rmSync(s, { force: true });
-  const child = spawn('taskset', ['-c', '1', process.execPath, cliPath, 'net', ...sockets.flatMap((s) => ['--port', s]),
-    '--queue-size', '4096', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const node = o.cpuProfileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', o.cpuProfileDir];
+  const child = spawn('taskset', ['-c', '1', process.execPath, ...node, cliPath, 'net', ...sockets.flatMap((s) => ['--port', s]),
+    '--queue-size', '4096', '--log-level', 'warn', ...o.daemonArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-8192)));
   child.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-8192)));
@@ -108,9 +123,11 @@ async function measure(o: Options, frameLength: number, meter: () => { pmd: Test
   }
   await sleep(o.warmup * 1000);
   const from = performance.now();
+  const fromUs = Number(process.hrtime.bigint() / 1000n);
   const cpu0 = backendPid === undefined ? 0 : processCpuSeconds(backendPid);
   await sleep(o.time * 1000 + 1100);
   const to = performance.now();
+  lastWindow = { fromUs, toUs: Number(process.hrtime.bigint() / 1000n) };
   const cpu1 = backendPid === undefined ? 0 : processCpuSeconds(backendPid);
   const m = meter();
   const pps = m.pmd.rate(m.port, m.which, from, to);
@@ -130,7 +147,7 @@ async function sender(dir: string, socket: string, frameLength: number, name: st
 }
 
 async function portOurs(o: Options, dir: string, frameLength: number): Promise<Measurement> {
-  const ours = await startOurs(dir, 1);
+  const ours = await startOurs(o, dir, 1);
   let tx: Testpmd | undefined;
   try {
     tx = await sender(dir, ours.sockets[0]!, frameLength, 'tx');
@@ -161,7 +178,7 @@ async function portDpdk(o: Options, dir: string, frameLength: number): Promise<M
 }
 
 async function switchOurs(o: Options, dir: string, frameLength: number): Promise<Measurement> {
-  const ours = await startOurs(dir, 2);
+  const ours = await startOurs(o, dir, 2);
   let tx: Testpmd | undefined;
   let rx: Testpmd | undefined;
   try {
@@ -193,7 +210,8 @@ async function main(): Promise<number> {
     options: {
       time: { type: 'string' }, warmup: { type: 'string' }, sizes: { type: 'string' }, repeat: { type: 'string' },
       'quiet-wait': { type: 'string' }, 'no-switch': { type: 'boolean' }, markdown: { type: 'boolean' },
-      'no-write': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      'no-write': { type: 'boolean' }, 'poll-us': { type: 'string' }, workers: { type: 'string' },
+      profile: { type: 'boolean' }, only: { type: 'string' }, help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
@@ -213,7 +231,15 @@ async function main(): Promise<number> {
     time: Number(values.time ?? 5),
     warmup: Number(values.warmup ?? 2),
     quietWait: Number(values['quiet-wait'] ?? 10),
+    daemonArgs: [
+      ...(values['poll-us'] !== undefined ? ['--poll-us', values['poll-us']] : []),
+      ...(values.workers !== undefined ? ['--workers', values.workers] : []),
+    ],
   };
+  if (values.only !== undefined && values.only !== 'ours' && values.only !== 'dpdk') {
+    process.stderr.write(`bench:net: --only takes 'ours' or 'dpdk'\n`);
+    return 2;
+  }
   const sizes = (values.sizes ?? '64,1518').split(',').map(Number);
   const repeat = Math.max(1, Number(values.repeat ?? 1));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhu-bench-net-'));
@@ -222,11 +248,14 @@ async function main(): Promise<number> {
     ...(values['no-switch'] ? [] : sizes.map((size) => ({ name: `switch-${size}`, kind: 'switch' as const, size }))),
   ];
   const results: CaseResult[] = [];
+  let profile: ProfileSummary | undefined;
+  let profileError: string | undefined;
   try {
     for (const c of cases) {
       const r: CaseResult = { name: c.name, kind: c.kind, frameLength: c.size, errors: {} };
       // The switch cases compare with DPDK's vhost taking the same frames (see the header comment).
-      const sides = c.kind === 'port' ? (['dpdk', 'ours'] as const) : (['ours'] as const);
+      const sides = (c.kind === 'port' ? (['dpdk', 'ours'] as const) : (['ours'] as const))
+        .filter((side) => values.only === undefined || values.only === side);
       if (c.kind === 'switch') {
         const port = results.find((x) => x.kind === 'port' && x.frameLength === c.size);
         if (port?.dpdk) r.dpdk = port.dpdk;
@@ -249,6 +278,22 @@ async function main(): Promise<number> {
       }
       results.push(r);
     }
+    if (values.profile) {
+      const profileDir = path.join(dir, 'profile');
+      fs.mkdirSync(profileDir, { recursive: true });
+      process.stderr.write(`bench:net: ${TARGET.case} ours under node --cpu-prof...\n`);
+      try {
+        await portOurs({ ...o, cpuProfileDir: profileDir }, dir, 64);
+        const written = fs.readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile'));
+        if (written.length === 0) throw new Error('the daemon wrote no .cpuprofile (did it exit cleanly on SIGTERM?)');
+        const keep = path.join(resultsDir, `net-profile-${TARGET.case}.cpuprofile`);
+        fs.mkdirSync(path.dirname(keep), { recursive: true });
+        fs.copyFileSync(path.join(profileDir, written.sort()[0]!), keep);
+        profile = summarizeCpuProfiles([keep], repoRoot, 25, lastWindow);
+      } catch (err) {
+        profileError = (err as Error).message;
+      }
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -267,6 +312,9 @@ async function main(): Promise<number> {
     'and forwarded, "delivered" what the sink (sharing a core with the sender) drained; DPDK column as for port.\n' +
     'CPU: our daemon\'s CPU time per second. * = other processes were busy during the run.\n');
   if (values.markdown) process.stdout.write(`\n${markdownTable(rows)}\n`);
+  if (o.daemonArgs.length > 0) process.stdout.write(`our daemon: ${o.daemonArgs.join(' ')}\n`);
+  if (profile) process.stdout.write(`\nprofile of our daemon, ${TARGET.case} (profiling slows it):\n${formatProfile(profile)}\n`);
+  else if (profileError) process.stdout.write(`\nprofile failed: ${profileError}\n`);
   const target = results.find((r) => r.name === TARGET.case);
   const achieved = target?.ours && target.dpdk ? target.ours.pps / target.dpdk.pps : undefined;
   if (achieved !== undefined) {
@@ -276,6 +324,7 @@ async function main(): Promise<number> {
   if (!values['no-write']) {
     const files = writeResults('net', {
       date: new Date().toISOString(), host: hostInfo(), options: { ...o, sizes, repeat },
+      profile: profile ? { case: TARGET.case, ...profile } : profileError ? { error: profileError } : undefined,
       target: { ...TARGET, achieved, met: achieved !== undefined && achieved >= TARGET.minRatio },
       results,
     });

@@ -31,17 +31,21 @@ export interface ScsiBusOptions {
 export class ScsiBus {
   readonly maxTargets: number;
   readonly #targets = new Map<number, ScsiTarget>();
+  /** The same targets by index: every command looks its target up. */
+  readonly #byId: (ScsiTarget | undefined)[] = [];
   readonly #listeners = new Set<(change: BusChange) => void>();
 
   constructor(options: ScsiBusOptions = {}) {
     const max = options.maxTargets ?? 256;
     if (!Number.isInteger(max) || max < 1 || max > 256) throw new RangeError(`maxTargets ${max} is not in 1..256`);
     this.maxTargets = max;
+    // Filled by push: a packed array (not a holey one) keeps the lookup on the fast path.
+    for (let i = 0; i < max; i++) this.#byId.push(undefined);
   }
 
   /** The target with this id, if it has any unit. */
   target(id: number): ScsiTarget | undefined {
-    return this.#targets.get(id);
+    return id >= 0 && id < this.maxTargets ? this.#byId[id] : undefined;
   }
 
   /** Present targets, by id. */
@@ -84,7 +88,10 @@ export class ScsiBus {
     const created = t === undefined;
     t ??= new ScsiTarget(target);
     t.attach(lun, unit);
-    if (created) this.#targets.set(target, t);
+    if (created) {
+      this.#targets.set(target, t);
+      this.#byId[target] = t;
+    }
     this.#emit({ kind: 'added', target, lun, unit });
   }
 
@@ -96,7 +103,10 @@ export class ScsiBus {
     const t = this.#targets.get(target);
     const unit = t?.detach(lun);
     if (!t || !unit) return undefined;
-    if (t.units.size === 0) this.#targets.delete(target);
+    if (t.units.size === 0) {
+      this.#targets.delete(target);
+      this.#byId[target] = undefined;
+    }
     this.#emit({ kind: 'removed', target, lun, unit });
     return unit;
   }

@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { StorageError, StorageErrorCode, type BlockStorage } from '../devices/blk/storage/storage.js';
 import { logger as makeLogger, type Logger } from '../util/log.js';
-import { copyFromViews, copyToViews, isZero, sliceViews } from '../util/views.js';
+import { copyFromViews, copyToViews, isZero, sliceViewsInto } from '../util/views.js';
 import { ModePage, Opcode, ScsiStatus, Sense, ServiceActionIn16, cdbLength, type SenseCode } from './constants.js';
 import { standardInquiry, vpdPage, type InquiryProfile } from './inquiry.js';
 import { MODE_PAGES, PageControl, modePage, parseModeSelect, type ModeProfile } from './mode.js';
@@ -90,6 +90,15 @@ for (const op of [Opcode.TEST_UNIT_READY, Opcode.READ_6, Opcode.READ_10, Opcode.
   Opcode.WRITE_SAME_16, Opcode.UNMAP]) {
   OPCODES[op] = SUPPORTED | MEDIA_ACCESS;
 }
+
+// Module-local copies of the constants the per-command path uses: the compiler folds these, while every read of
+// an imported object's property is a load and a check.
+const READ_10 = Opcode.READ_10;
+const WRITE_10 = Opcode.WRITE_10;
+const READ_16 = Opcode.READ_16;
+const WRITE_16 = Opcode.WRITE_16;
+const GOOD = ScsiStatus.GOOD;
+const COMPLETE = TaskResponse.COMPLETE;
 
 /** task.flags bits. */
 const F_SYNC = 1;
@@ -281,17 +290,91 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   execute(task: ScsiTask): void {
     if (task.unit !== null) throw new Error('the task is already running');
     task.unit = this;
-    const first = this.#firstRunning;
-    task.prevRunning = null;
-    task.nextRunning = first;
-    if (first) first.prevRunning = task;
-    this.#firstRunning = task;
-    this.#running++;
     this.stats.commands++;
+    this.#run(task);
+    // Still running (waiting for storage): on the list that task management searches. A command that ended
+    // within #run never needs to be there (nothing else runs meanwhile), which saves most commands on memory and
+    // null disks the list work. The flag keeps a task that was started again from its completion from going on
+    // twice.
+    if (task.unit === this && task.listed === false) {
+      const first = this.#firstRunning;
+      task.prevRunning = null;
+      task.nextRunning = first;
+      if (first !== null) first.prevRunning = task;
+      this.#firstRunning = task;
+      task.listed = true;
+      this.#running++;
+    }
+  }
+
+  #run(task: ScsiTask): void {
     try {
+      // READ/WRITE(10) and (16), nearly all I/O, go straight to the transfer when nothing stands in their way
+      // (a unit attention, a stopped unit, NACA, an error of any kind): everything else, errors included, takes
+      // the general dispatch, which checks in SPC-4's order.
+      const cdb = task.cdb;
+      const op = cdb[0]!;
+      if ((op === READ_10 || op === WRITE_10) && (cdb[9]! & 0x04) === 0 && this.#ready()) {
+        const blocks = (cdb[7]! << 8) | cdb[8]!;
+        const lba = ((cdb[2]! << 24) | (cdb[3]! << 16) | (cdb[4]! << 8) | cdb[5]!) >>> 0;
+        return this.#transfer(task, op === WRITE_10 ? 1 : 0, lba, blocks);
+      }
+      // READ/WRITE(16) with an LBA below 2^32 (any other is out of range, for the general path to report).
+      if ((op === READ_16 || op === WRITE_16) && (cdb[15]! & 0x04) === 0 && (cdb[2]! | cdb[3]! | cdb[4]! | cdb[5]!) === 0 &&
+        this.#ready()) {
+        const blocks = ((cdb[10]! << 24) | (cdb[11]! << 16) | (cdb[12]! << 8) | cdb[13]!) >>> 0;
+        const lba = ((cdb[6]! << 24) | (cdb[7]! << 16) | (cdb[8]! << 8) | cdb[9]!) >>> 0;
+        return this.#transfer(task, op === WRITE_16 ? 1 : 0, lba, blocks);
+      }
       this.#dispatch(task);
     } catch (err) {
       this.#internalError(task, err as Error);
+    }
+  }
+
+  /** No unit attention pending and the unit started: media-access commands may run as they are. */
+  #ready(): boolean {
+    // Explicit comparisons (here and below): a bare boolean field or parameter in a condition compiles to a
+    // generic truthiness test.
+    return this.#unitAttentions.length === 0 && this.#started === true;
+  }
+
+  /**
+   * The fast path of READ/WRITE (`write` 1 for WRITE): start the transfer when every check passes, else hand
+   * the command to the general path, which reports what is wrong.
+   */
+  #transfer(task: ScsiTask, write: number, lba: number, blocks: number): void {
+    const bytes = blocks * this.blockSize;
+    // RDPROTECT / WRPROTECT, write protection, zero blocks, limits, range, buffers too small.
+    if ((task.cdb[1]! & 0xe0) !== 0 || blocks === 0 || blocks > this.maxTransferBlocks || lba + blocks > this.capacity ||
+      (write === 1 ? this.readOnly === true || task.dataOutLength < bytes : task.dataInLength < bytes)) {
+      return this.#dispatch(task);
+    }
+    this.#start(task, write, lba, bytes, task.cdb[1]!);
+  }
+
+  /** Start the storage operation of a READ/WRITE that passed every check (`write` 1 for WRITE). */
+  #start(task: ScsiTask, write: number, lba: number, bytes: number, flags: number): void {
+    const stats = this.stats;
+    task.lba = lba;
+    // The buffers as they are when the transfer fills them (the usual case), else the part it fills, in the
+    // task's reused list.
+    if (write === 1) {
+      stats.writes++;
+      stats.bytesWritten += bytes;
+      task.dataOutTransferred = bytes;
+      // FUA, or no write cache: durable before GOOD.
+      task.flags = (flags & 0x08) !== 0 || this.#writeCache === false ? F_SYNC : 0;
+      task.step = LogicalUnit.#afterWrite;
+      const views = bytes === task.dataOutLength ? task.dataOut : sliceViewsInto(task.ioViews, task.dataOut, 0, bytes);
+      this.storage.write(views, lba * this.blockSize, task.ioCallback);
+    } else {
+      stats.reads++;
+      stats.bytesRead += bytes;
+      task.dataInTransferred = bytes;
+      task.step = LogicalUnit.#afterRead;
+      const views = bytes === task.dataInLength ? task.dataIn : sliceViewsInto(task.ioViews, task.dataIn, 0, bytes);
+      this.storage.read(views, lba * this.blockSize, task.ioCallback);
     }
   }
 
@@ -300,7 +383,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if (task.unit !== this) return;
     try {
       // Task management ended it: stop between steps (the operation that just finished stays done).
-      if (task.abortedWith !== TaskResponse.COMPLETE) this.#finish(task);
+      if (task.abortedWith !== COMPLETE) this.#finish(task);
       else step(this, task, error);
     } catch (err) {
       this.#internalError(task, err as Error);
@@ -368,35 +451,41 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
 
   #finish(task: ScsiTask): void {
     if (task.unit !== this) return;
-    const prev = task.prevRunning;
-    const next = task.nextRunning;
-    if (prev) prev.nextRunning = next;
-    else this.#firstRunning = next;
-    if (next) next.prevRunning = prev;
-    task.prevRunning = task.nextRunning = null;
-    this.#running--;
-    if (task.abortedWith !== TaskResponse.COMPLETE) {
+    if (task.listed === true) {
+      const prev = task.prevRunning;
+      const next = task.nextRunning;
+      if (prev !== null) prev.nextRunning = next;
+      else this.#firstRunning = next;
+      if (next !== null) next.prevRunning = prev;
+      task.prevRunning = task.nextRunning = null;
+      task.listed = false;
+      this.#running--;
+    }
+    if (task.abortedWith !== COMPLETE) {
       task.response = task.abortedWith;
       this.stats.aborted++;
     }
     task.step = null;
     task.buffer = null;
     task.unit = null;
-    if (this.#drains.length > 0) {
-      const drains = this.#drains;
-      for (let i = drains.length - 1; i >= 0; i--) {
-        const d = drains[i]!;
-        if (d.pending.delete(task) && d.pending.size === 0) {
-          drains.splice(i, 1);
-          d.resolve();
-        }
-      }
-    }
+    if (this.#drains.length > 0) this.#drained(task);
     task.onComplete(task);
   }
 
+  /** A task ended while task management or {@link whenIdle} waits for tasks: resolve the waits it completes. */
+  #drained(task: ScsiTask): void {
+    const drains = this.#drains;
+    for (let i = drains.length - 1; i >= 0; i--) {
+      const d = drains[i]!;
+      if (d.pending.delete(task) && d.pending.size === 0) {
+        drains.splice(i, 1);
+        d.resolve();
+      }
+    }
+  }
+
   #good(task: ScsiTask): void {
-    task.status = ScsiStatus.GOOD;
+    task.status = GOOD;
     this.#finish(task);
   }
 
@@ -517,32 +606,16 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     const bytes = blocks * this.blockSize;
     if ((write ? task.dataOutLength : task.dataInLength) < bytes) return this.#overrun(task);
     if (blocks === 0) return this.#good(task);
-    task.lba = lba;
-    const stats = this.stats;
-    if (write) {
-      stats.writes++;
-      stats.bytesWritten += bytes;
-      task.dataOutTransferred = bytes;
-      // FUA, or no write cache: durable before GOOD.
-      task.flags = (flags & 0x08) !== 0 || !this.#writeCache ? F_SYNC : 0;
-      task.step = LogicalUnit.#afterWrite;
-      this.storage.write(sliceViews(task.dataOut, 0, bytes, task.dataOutLength), lba * this.blockSize, task.ioCallback);
-    } else {
-      stats.reads++;
-      stats.bytesRead += bytes;
-      task.dataInTransferred = bytes;
-      task.step = LogicalUnit.#afterRead;
-      this.storage.read(sliceViews(task.dataIn, 0, bytes, task.dataInLength), lba * this.blockSize, task.ioCallback);
-    }
+    this.#start(task, write ? 1 : 0, lba, bytes, flags);
   }
 
   static readonly #afterRead: TaskStep = (unit, task, err) => {
-    if (err) unit.#ioError(task, err, false);
+    if (err !== null) unit.#ioError(task, err, false);
     else unit.#good(task);
   };
 
   static readonly #afterWrite: TaskStep = (unit, task, err) => {
-    if (err) return unit.#ioError(task, err, true);
+    if (err !== null) return unit.#ioError(task, err, true);
     if ((task.flags & F_SYNC) !== 0) {
       task.step = LogicalUnit.#afterSync;
       unit.stats.flushes++;
@@ -553,7 +626,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   };
 
   static readonly #afterSync: TaskStep = (unit, task, err) => {
-    if (err) unit.#ioError(task, err, true);
+    if (err !== null) unit.#ioError(task, err, true);
     else unit.#good(task);
   };
 
@@ -747,7 +820,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   }
 
   static readonly #afterVerifyRead: TaskStep = (unit, task, err) => {
-    if (err) return unit.#ioError(task, err, false);
+    if (err !== null) return unit.#ioError(task, err, false);
     const medium = task.buffer!;
     const bs = unit.blockSize;
     const expected = new Uint8Array(task.dataOutTransferred);
@@ -805,7 +878,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   }
 
   static readonly #writePatternChunk: TaskStep = (unit, task, err) => {
-    if (err) return unit.#ioError(task, err, true);
+    if (err !== null) return unit.#ioError(task, err, true);
     if (task.remaining === 0) return LogicalUnit.#afterWrite(unit, task, null);
     const chunk = task.buffer!;
     const n = Math.min(chunk.byteLength, task.remaining);
@@ -850,7 +923,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   }
 
   static readonly #unmapNext: TaskStep = (unit, task, err) => {
-    if (err) return unit.#ioError(task, err, true);
+    if (err !== null) return unit.#ioError(task, err, true);
     const params = task.buffer!;
     while (task.index < task.remaining) {
       const at = 8 + 16 * task.index++;

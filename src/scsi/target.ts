@@ -34,6 +34,8 @@ export type TmfResponse = (typeof TmfResponse)[keyof typeof TmfResponse];
 
 /** Most units on one target. */
 export const MAX_UNITS_PER_TARGET = 256;
+/** LUNs below this are looked up by index (the others in a map). */
+const DIRECT_LUNS = 256;
 
 /**
  * The 8-byte LUN of REPORT LUNS for a LUN number (SAM-5 4.7): peripheral device addressing below 256, flat
@@ -64,10 +66,14 @@ function be32(b: Uint8Array, o: number): number {
 export class ScsiTarget {
   readonly id: number;
   readonly #units = new Map<number, LogicalUnit>();
+  /** The units of LUNs below {@link DIRECT_LUNS} by index as well: every command looks its unit up. */
+  readonly #direct: (LogicalUnit | undefined)[] = [];
   readonly #scratch = new Uint8Array(64);
 
   constructor(id: number) {
     this.id = id;
+    // Filled by push: a packed array (not a holey one) keeps the lookup on the fast path.
+    for (let i = 0; i < DIRECT_LUNS; i++) this.#direct.push(undefined);
   }
 
   /** The units by LUN. */
@@ -77,7 +83,7 @@ export class ScsiTarget {
 
   /** The unit at `lun`, if any. */
   unit(lun: number): LogicalUnit | undefined {
-    return this.#units.get(lun);
+    return lun >= 0 && lun < DIRECT_LUNS ? this.#direct[lun] : this.#units.get(lun);
   }
 
   /** LUNs with a unit, ascending. */
@@ -95,6 +101,7 @@ export class ScsiTarget {
     if (this.#units.size >= MAX_UNITS_PER_TARGET) throw new RangeError(`target ${this.id} has ${MAX_UNITS_PER_TARGET} LUNs already`);
     for (const u of this.#units.values()) u.addUnitAttention(Sense.REPORTED_LUNS_CHANGED);
     this.#units.set(lun, unit);
+    if (lun < DIRECT_LUNS) this.#direct[lun] = unit;
     unit.address = `${this.id}:${lun}`;
   }
 
@@ -103,6 +110,7 @@ export class ScsiTarget {
     const unit = this.#units.get(lun);
     if (!unit) return undefined;
     this.#units.delete(lun);
+    if (lun >= 0 && lun < DIRECT_LUNS) this.#direct[lun] = undefined;
     for (const u of this.#units.values()) u.addUnitAttention(Sense.REPORTED_LUNS_CHANGED);
     return unit;
   }
@@ -112,8 +120,8 @@ export class ScsiTarget {
    * address that names no LUN the target knows). The task's `onComplete` is called exactly once.
    */
   execute(lun: number, task: ScsiTask): void {
-    if (task.opcode === Opcode.REPORT_LUNS) return this.#reportLuns(task);
-    const unit = this.#units.get(lun);
+    if (task.cdb[0] === Opcode.REPORT_LUNS) return this.#reportLuns(task);
+    const unit = this.unit(lun);
     if (unit) return unit.execute(task);
     if (lun === WLUN_REPORT_LUNS) return this.#wellKnown(task);
     this.#noUnit(task);

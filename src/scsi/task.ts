@@ -3,8 +3,11 @@
  * outcome the target hands back. Tasks are meant to be pooled by the transport: {@link ScsiTask.prepare}
  * clears the results for reuse, and the completion callback is bound once.
  */
-import { NO_BUFFERS } from '../util/views.js';
+import { NO_BUFFERS, emptyViewList } from '../util/views.js';
 import type { LogicalUnit } from './logical-unit.js';
+
+/** A module-local copy: the compiler folds it (an import is a load and a check per use). */
+const EMPTY = NO_BUFFERS;
 
 /** Bytes of CDB a task holds; longer CDBs (variable length, 0x7F) are not supported. */
 export const MAX_CDB_SIZE = 32;
@@ -59,9 +62,10 @@ export class ScsiTask {
   // ---- execution state, owned by the logical unit while the task runs ----
   /** @internal The unit running the task (null when it is not running on one). */
   unit: LogicalUnit | null = null;
-  /** @internal Links of the unit's list of running tasks. */
+  /** @internal Links of the unit's list of running tasks, and whether the task is on it. */
   prevRunning: ScsiTask | null = null;
   nextRunning: ScsiTask | null = null;
+  listed = false;
   /** @internal Set by task management: the response to end with (ABORTED or RESET), 0 when none. */
   abortedWith: TaskResponse = TaskResponse.COMPLETE;
   /** @internal What to do when the pending storage operation completes. */
@@ -77,6 +81,11 @@ export class ScsiTask {
   index = 0;
   /** @internal A private buffer of a multi-step operation (parameter list, WRITE SAME pattern). */
   buffer: Uint8Array | null = null;
+  /**
+   * @internal The part of the data buffers a READ or WRITE transfers, when it is not all of them: reused from
+   * command to command (no list allocated per command).
+   */
+  readonly ioViews: Uint8Array[] = emptyViewList();
   /** @internal The storage callback, bound once. */
   readonly ioCallback: (error: Error | null) => void;
 
@@ -86,7 +95,9 @@ export class ScsiTask {
       const step = this.step;
       const unit = this.unit;
       this.step = null;
-      if (step && unit) unit.resume(step, this, error);
+      // Comparisons with null, not truthiness: those compile to one instruction each. A storage that passes
+      // undefined for success is taken at its word.
+      if (step !== null && unit !== null) unit.resume(step, this, error === undefined ? null : error);
     };
   }
 
@@ -97,9 +108,9 @@ export class ScsiTask {
   prepare(): void {
     this.tagLo = 0;
     this.tagHi = 0;
-    this.dataOut = NO_BUFFERS;
+    this.dataOut = EMPTY;
     this.dataOutLength = 0;
-    this.dataIn = NO_BUFFERS;
+    this.dataIn = EMPTY;
     this.dataInLength = 0;
     this.response = TaskResponse.COMPLETE;
     this.status = 0;

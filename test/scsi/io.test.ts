@@ -3,9 +3,10 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { FileStorage } from '../../src/devices/blk/storage/file.js';
 import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
+import { NullStorage } from '../../src/devices/blk/storage/null.js';
 import { StorageError, StorageErrorCode } from '../../src/devices/blk/storage/storage.js';
 import { Sense, ScsiStatus } from '../../src/scsi/constants.js';
-import { TaskResponse } from '../../src/scsi/task.js';
+import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
 import { tempDir } from '../helpers/tmp.js';
 import { Cdb, TestStorage, memoryUnit, pattern, run, start, systemError, unmapParams, type Result } from './helpers.js';
 
@@ -419,4 +420,75 @@ test('UNMAP and WRITE SAME in write-through mode flush afterwards; a discard err
   assert.deepEqual(storage.calls, ['discard 2048+2048', 'flush', 'write-zeroes 0+1024', 'flush']);
   storage.fail.set('discard', systemError('EIO'));
   assertSense(await run(exec, Cdb.unmap(one.length), { out: one }), Sense.WRITE_ERROR);
+});
+
+test('READ/WRITE(16) above 2^32 blocks: the LBA\'s high half counts (general path), crossing 2^32 too', async () => {
+  const blocks = 2 ** 32 + 64;
+  const storage = new TestStorage(new NullStorage({ size: blocks * 512 }));
+  const { exec } = memoryUnit({ storage });
+  assertGood(await run(exec, Cdb.read16(2 ** 32 + 8, 2), { in: 1024 }));
+  assertGood(await run(exec, Cdb.write16(2 ** 32 - 1, 2), { out: new Uint8Array(1024) }));
+  assertGood(await run(exec, Cdb.read16(2 ** 32 - 1, 2), { in: 1024 }));
+  assert.deepEqual(storage.calls, [`read ${(2 ** 32 + 8) * 512}+1024`, `write ${(2 ** 32 - 1) * 512}+1024`,
+    `read ${(2 ** 32 - 1) * 512}+1024`]);
+  assertSense(await run(exec, Cdb.read16(blocks - 1, 2), { in: 1024 }), Sense.LBA_OUT_OF_RANGE);
+  assertSense(await run(exec, Cdb.read10(0, 1, 0x20), { in: 512 }), Sense.INVALID_FIELD_IN_CDB);
+  assert.equal(storage.calls.length, 3);
+});
+
+test('a transfer shorter than the buffers: the part it fills, in one list per task reused from command to command', async () => {
+  const { exec, storage } = spyUnit();
+  const data = pattern(4096, 9);
+  assertGood(await run(exec, Cdb.write10(0, 8), { out: data }));
+  const completed: ScsiTask[] = [];
+  const task = new ScsiTask((t) => completed.push(t));
+  const submit = (cdb: number[], sizes: number[]): Uint8Array[] => {
+    task.prepare();
+    task.clearCdb();
+    task.cdb.set(cdb);
+    const bufs = sizes.map((n) => new Uint8Array(n).fill(0xee));
+    task.dataIn = bufs;
+    task.dataInLength = sizes.reduce((a, b) => a + b, 0);
+    exec(task);
+    return bufs;
+  };
+  const first = submit(Cdb.read10(0, 3), [2048, 2048]);
+  const list = storage.lastBuffers;
+  assert.deepEqual(list.map((v) => v.byteLength), [1536]);
+  assert.equal(list[0]!.buffer, first[0]!.buffer);
+  assert.deepEqual(first[0]!.subarray(0, 1536), data.subarray(0, 1536));
+  assert.ok(first[0]!.subarray(1536).every((b) => b === 0xee), 'nothing past the transfer');
+  const second = submit(Cdb.read10(1, 4), [512, 512, 4096]);
+  assert.equal(storage.lastBuffers, list, 'the same list object');
+  assert.deepEqual(list.map((v) => v.byteLength), [512, 512, 1024]);
+  assert.ok(list[0] === second[0] && list[1] === second[1], 'whole views as they are');
+  assert.deepEqual(Buffer.concat(second.map((b) => Buffer.from(b))).subarray(0, 2048), Buffer.from(data.subarray(512, 2560)));
+  submit(Cdb.read10(2, 1), [1024]);
+  assert.equal(storage.lastBuffers, list);
+  assert.equal(list.length, 1, 'trimmed, no stale views left at the end');
+  // A transfer that fills the buffers exactly: the task's own list.
+  const exact = submit(Cdb.read10(0, 2), [1024]);
+  assert.equal(storage.lastBuffers, task.dataIn);
+  assert.deepEqual(exact[0], data.subarray(0, 1024));
+  assert.equal(completed.length, 4);
+  assert.ok(completed.every((t) => t.status === GOOD && t.response === TaskResponse.COMPLETE));
+});
+
+test('READ/WRITE take the general path whenever a check fails: unit attention, stopped unit, NACA, limits', async () => {
+  const { exec, unit, storage } = spyUnit({ size: MiB });
+  unit.addUnitAttention(Sense.RESET_OCCURRED);
+  assertSense(await run(exec, Cdb.read16(0, 1), { in: 512 }), Sense.RESET_OCCURRED);
+  assertGood(await run(exec, Cdb.read16(0, 1), { in: 512 }));
+  const naca = await run(exec, [...Cdb.read10(0, 1).slice(0, 9), 0x04], { in: 512 });
+  assertSense(naca, Sense.INVALID_FIELD_IN_CDB);
+  assertSense(await run(exec, [...Cdb.write16(0, 1).slice(0, 15), 0x04], { out: new Uint8Array(512) }), Sense.INVALID_FIELD_IN_CDB);
+  assertSense(await run(exec, Cdb.read10(2047, 2), { in: 1024 }), Sense.LBA_OUT_OF_RANGE);
+  assertGood(await run(exec, Cdb.read10(2046, 2), { in: 1024 }), 'the last two blocks');
+  assertGood(await run(exec, Cdb.startStop(false)));
+  assertSense(await run(exec, Cdb.write10(0, 1), { out: new Uint8Array(512) }), Sense.NOT_READY_STOPPED);
+  assertGood(await run(exec, Cdb.startStop(true)));
+  const zero = await run(exec, Cdb.write10(0, 0), { out: new Uint8Array(512) });
+  assertGood(zero);
+  assert.equal(zero.dataOutTransferred, 0);
+  assert.deepEqual(storage.calls.filter((c) => !c.startsWith('flush')), ['read 0+512', `read ${2046 * 512}+1024`]);
 });

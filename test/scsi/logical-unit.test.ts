@@ -4,7 +4,7 @@ import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
 import { NullStorage } from '../../src/devices/blk/storage/null.js';
 import { Sense, ScsiStatus, SenseKey } from '../../src/scsi/constants.js';
 import { LogicalUnit } from '../../src/scsi/logical-unit.js';
-import { TaskResponse } from '../../src/scsi/task.js';
+import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
 import { Cdb, TestStorage, memoryUnit, run, type Result } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -347,4 +347,46 @@ test('a storage that calls back twice: the task still completes once', async () 
   const r = await run((t) => unit.execute(t), Cdb.read10(0, 2), { in: 1024 });
   assertGood(r);
   assert.equal(r.completions, 1);
+});
+
+test('running tasks: one waiting for storage is listed once (also when started again from its own completion); one done at once never is', async () => {
+  const storage = new TestStorage(new MemoryStorage({ size: 1 << 20 }));
+  const { unit, exec } = memoryUnit({ storage });
+  let completions = 0;
+  const task = new ScsiTask(() => {
+    completions++;
+    if (completions === 1) {
+      // Started again from its completion, this time on storage that holds the read.
+      storage.hold.add('read');
+      task.prepare();
+      task.dataIn = [new Uint8Array(512)];
+      task.dataInLength = 512;
+      task.tagLo = 2;
+      exec(task);
+    }
+  });
+  task.prepare();
+  task.clearCdb();
+  task.cdb.set(Cdb.read10(0, 1));
+  task.dataIn = [new Uint8Array(512)];
+  task.dataInLength = 512;
+  task.tagLo = 1;
+  exec(task);
+  assert.equal(completions, 1);
+  assert.equal(unit.taskCount, 1);
+  assert.deepEqual(unit.runningTasks(), [task]);
+  assert.equal(unit.findTask(2, 0), task);
+  assert.equal(unit.findTask(1, 0), undefined);
+  const idle = unit.whenIdle();
+  storage.release();
+  await idle;
+  assert.equal(completions, 2);
+  assert.equal(unit.taskCount, 0);
+  assert.deepEqual(unit.runningTasks(), []);
+  // Done at once: never listed, nothing to wait for.
+  storage.hold.clear();
+  const r = await run(exec, Cdb.read10(0, 1), { in: 512 });
+  assert.equal(r.status, ScsiStatus.GOOD);
+  assert.equal(unit.taskCount, 0);
+  await unit.whenIdle();
 });

@@ -4,7 +4,7 @@
 export { NetSwitch, type NetSwitchOptions, type SwitchPort, type MacTableEntry, type SwitchCounters } from './switch.js';
 export { NetPort, type NetPortOptions, NET_CONFIG_SIZE, NET_S_LINK_UP } from './port.js';
 export { TapUplink, openTap, tapSupported, type TapHandle, type TapUplinkOptions } from './tap.js';
-export { Network, type NetworkOptions, type NetworkPortSpec } from './network.js';
+export { Network, DEFAULT_NET_POLL_US, type NetworkOptions, type NetworkPortSpec } from './network.js';
 export { Packet } from './packet.js';
 export { PortStats, formatStats, COUNTER_NAMES, type PortCounters } from './stats.js';
 export { RxFilter, MAC_TABLE_ENTRIES } from './rx-filter.js';

@@ -9,6 +9,12 @@ import { formatStats, type PortCounters } from './stats.js';
 import { NetSwitch } from './switch.js';
 import { openTap, TapUplink } from './tap.js';
 
+/**
+ * Default adaptive poll window of a network's ports (µs), the daemons' default: a sending guest is then served
+ * without a kick per burst, and an idle one costs nothing once the window has shrunk.
+ */
+export const DEFAULT_NET_POLL_US = 50;
+
 /** One guest port. */
 export interface NetworkPortSpec {
   /** Socket to listen on (or to connect to with `client`). */
@@ -44,6 +50,16 @@ export interface NetworkOptions {
   tapFd?: number;
   /** Frames on `tapFd` carry a virtio-net header (opened with IFF_VNET_HDR); default false. */
   tapVnetHdr?: boolean;
+  /**
+   * Most microseconds of the framework's adaptive polling of the transmit rings (see `DeviceServerOptions.pollUs`;
+   * default {@link DEFAULT_NET_POLL_US}; 0: notifications only).
+   */
+  pollUs?: number;
+  /**
+   * Queue worker threads: must be 0 (the default). Every port runs on the switch's thread, since a frame from one
+   * port is written straight into another port's receive ring.
+   */
+  workers?: number;
   logger?: Logger;
 }
 
@@ -60,6 +76,10 @@ export class Network {
   constructor(options: NetworkOptions) {
     if (options.ports.length === 0) throw new RangeError('a network needs at least one port');
     if (options.tap !== undefined && options.tapFd !== undefined) throw new TypeError('give tap or tapFd, not both');
+    if ((options.workers ?? 0) !== 0) {
+      throw new RangeError('net ports cannot run on worker threads: the switch writes frames from one port straight ' +
+        'into another\'s rings, so they all share its thread');
+    }
     this.#log = options.logger ?? makeLogger('net');
     this.switch = new NetSwitch({ agingMs: options.agingMs });
     this.ports = options.ports.map((spec, i) => new NetPort(this.switch, {
@@ -79,6 +99,7 @@ export class Network {
         client: spec.client,
         socketMode: options.socketMode,
         reconnectDelayMs: options.reconnectDelayMs,
+        pollUs: options.pollUs ?? DEFAULT_NET_POLL_US,
         logger: log,
       });
       server.on('connect', () => log.info('frontend connected'));

@@ -11,10 +11,10 @@ import { CommonFeature, DeviceId, featureMask, hasFeature, NetFeature } from '..
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { CtrlAck, executeControl, MAX_CTRL_REQUEST, type ControlTarget } from './ctrl.js';
 import { flowHash } from './flow.js';
-import { copyBytes } from './copy.js';
+import { copyFromViewList, copyToViewList } from './copy.js';
 import { ETH_HLEN, LEGACY_NET_HDR_SIZE, MAX_FRAME, NET_HDR_SIZE, NetHdrFlag, NetHdrGso, NetHdrOffset } from './header.js';
 import { formatMac, generateMac, macKeyAt, parseMac } from './mac.js';
-import { Packet } from './packet.js';
+import { HEAD_BYTES, Packet } from './packet.js';
 import { RxFilter } from './rx-filter.js';
 import { PortStats } from './stats.js';
 import type { NetSwitch, SwitchPort } from './switch.js';
@@ -36,33 +36,49 @@ export interface NetPortOptions {
   queuePairs?: number;
   /** Largest ring size accepted (power of two); default 1024. */
   maxQueueSize?: number;
-  /** Transmit chains taken from one ring before yielding to the event loop (default 256). */
+  /**
+   * Most transmit chains taken from one ring in one pass (default: the ring size, i.e. everything the guest has
+   * made available when the pass starts). What is left, or arrives meanwhile, gets another pass on the next
+   * event-loop turn, so one busy guest cannot hold the thread.
+   */
   txBurst?: number;
   /** How often a started but disabled transmit ring is emptied (ms, default 10); see {@link NetPort}. */
   disabledPollMs?: number;
-  /**
-   * Keep polling a transmit ring (kicks off) for this long after it was last busy (µs, default 200; 0: always
-   * wait for kicks). Trades a little CPU after a burst for far fewer wake-ups under load.
-   */
-  busyPollUs?: number;
   logger?: Logger;
 }
 
 const ACK = [Uint8Array.of(CtrlAck.OK), Uint8Array.of(CtrlAck.ERR)] as const;
+/** Transmit chains between used-ring updates within one pass (a power of two). */
+const PUBLISH_EVERY = 64;
 let portCount = 0;
 
-/** Copy `src[from, from + n)` into the chain's writable part at `at`; returns the bytes written. */
-function put(chain: DescriptorChain, at: number, src: Uint8Array, from: number, n: number): number {
+/**
+ * Copy frame bytes `[from, from + n)` of `packet` into the chain's writable part at `at` (the caller checked it
+ * has room), straight from the sender's buffer where the frame still is there.
+ */
+function putFrame(chain: DescriptorChain, at: number, packet: Packet, from: number, n: number): void {
   const w = chain.writable;
-  if (w.length === 1) {
-    // One buffer (the usual layout): no views to make for small copies.
-    const v = w[0]!;
-    const m = Math.min(n, v.length - at);
-    if (m <= 0) return 0;
-    copyBytes(v, at, src, from, m);
-    return m;
+  let skip = at;
+  let done = 0;
+  for (let i = 0; i < w.length && done < n; i++) {
+    const v = w[i]!;
+    const len = v.length;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    const m = len - skip < n - done ? len - skip : n - done;
+    packet.copyTo(v, skip, from + done, m);
+    done += m;
+    skip = 0;
   }
-  return chain.writeFrom(from === 0 && n === src.length ? src : src.subarray(from, from + n), at);
+}
+
+/** Per transmit ring: the continuation pass scheduled for what one pass left. */
+interface TxState {
+  scheduled: boolean;
+  /** Runs a continuation pass (made once per queue index: nothing is allocated per pass). */
+  readonly run: () => void;
 }
 
 function ready(v: Vring | undefined): v is Vring {
@@ -73,10 +89,14 @@ function ready(v: Vring | undefined): v is Vring {
  * A virtio-net device attached to a {@link NetSwitch}. Serve it with a `DeviceServer`; the port stays in the
  * switch across frontends (its learned addresses are forgotten when a frontend goes away).
  *
+ * Transmit rings are the ones the framework polls (`pollQueue`); receive rings are not: their buffers are taken
+ * when frames arrive, and their completions are published once per sender's pass ({@link NetSwitch.publishReceived}),
+ * with at most one notification per ring and pass.
+ *
  * A transmit ring that is started but disabled must be processed without side effects (vhost-user spec): its
- * frames are discarded and their buffers returned, counted as `txDropped`. The framework does not report kicks on
- * a disabled ring, so such rings are emptied when they are disabled, when they are enabled (what is there was
- * made available while disabled), when they stop, and every `disabledPollMs` in between.
+ * frames are discarded and their buffers returned, counted as `txDropped`. Besides on kicks, such rings are
+ * emptied when they are disabled, when they are enabled (what is there was made available while disabled), when
+ * they stop, and every `disabledPollMs` in between (a driver that suppressed kicks still gets its buffers back).
  */
 export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   readonly deviceId = DeviceId.NET;
@@ -94,7 +114,6 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   readonly #ctrlIndex: number;
   readonly #txBurst: number;
   readonly #pollMs: number;
-  readonly #busyPollMs: number;
   #mac: Uint8Array;
   readonly #config = new Uint8Array(NET_CONFIG_SIZE);
   #negotiated = 0n;
@@ -107,13 +126,16 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   #ctrlPairs: number | undefined;
   /** Started rings of the current frontend, by queue index. */
   readonly #rings: (Vring | undefined)[];
-  readonly #txPoll: { scheduled: boolean; notify: boolean; lastBusy: number }[];
+  readonly #tx: TxState[];
   readonly #packet = new Packet();
+  /** A header built here when the chain's first buffer cannot take it in place. */
   readonly #rxHdr = new Uint8Array(NET_HDR_SIZE);
-  readonly #rxHdrViews = [this.#rxHdr.subarray(0, LEGACY_NET_HDR_SIZE), this.#rxHdr] as const;
+  /** A transmit header split over buffers, gathered. */
   readonly #txHdr = new Uint8Array(NET_HDR_SIZE);
-  readonly #txHdrViews = [this.#txHdr.subarray(0, LEGACY_NET_HDR_SIZE), this.#txHdr] as const;
+  /** Mergeable receive: the chains one frame takes (filled by index, never emptied: no storage churn). */
   readonly #chains: DescriptorChain[] = [];
+  /** Receive completions wait for {@link publish} (the switch knows we are due). */
+  #rxDirty = false;
   #pollTimer: NodeJS.Timeout | undefined;
   #detached = false;
 
@@ -136,9 +158,9 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.maxQueueSize = qsize;
     this.numQueues = 2 * pairs + 1;
     this.#ctrlIndex = 2 * pairs;
-    this.#txBurst = options.txBurst ?? 256;
+    this.#txBurst = options.txBurst ?? 0;
+    if (!Number.isInteger(this.#txBurst) || this.#txBurst < 0) throw new RangeError(`txBurst must be >= 0, got ${this.#txBurst}`);
     this.#pollMs = options.disabledPollMs ?? 10;
-    this.#busyPollMs = (options.busyPollUs ?? 200) / 1000;
     this.features = featureMask(
       NetFeature.CSUM, NetFeature.GUEST_CSUM, NetFeature.MTU, NetFeature.MAC, NetFeature.MRG_RXBUF, NetFeature.STATUS,
       NetFeature.CTRL_VQ, NetFeature.CTRL_RX, NetFeature.CTRL_MAC_ADDR,
@@ -146,7 +168,7 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#configuredMac = mac;
     this.#mac = mac;
     this.#rings = new Array<Vring | undefined>(this.numQueues).fill(undefined);
-    this.#txPoll = Array.from({ length: this.numQueues }, () => ({ scheduled: false, notify: true, lastBusy: 0 }));
+    this.#tx = Array.from({ length: this.numQueues }, (_, i) => this.#txState(i));
     this.filter.reset(macKeyAt(mac, 0));
     this.#writeConfig();
     this.#switch = sw;
@@ -219,17 +241,15 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   ringStarted(vring: Vring): void {
     this.#rings[vring.index] = vring;
     // Receive buffers are taken when frames arrive: the driver need not kick when it posts them. Transmit rings
-    // start with kicks on, whatever a previous backend left in the ring's flags.
-    vring.queue?.setNotification(!this.#isRx(vring.index));
-    this.#txPoll[vring.index]!.notify = true;
+    // start with kicks on (the framework's poll loop turns them off while it polls).
+    vring.setNotification(!this.#isRx(vring.index));
     this.#updatePolling();
   }
 
   ringStopping(vring: Vring): void {
     if (this.#isTx(vring.index) && !vring.enabled) this.#discardTx(vring);
     // Leave the ring asking for kicks, for whoever drives it next.
-    vring.queue?.setNotification(true);
-    this.#txPoll[vring.index]!.notify = true;
+    vring.setNotification(true);
     if (this.#rings[vring.index] === vring) this.#rings[vring.index] = undefined;
     this.#updatePolling();
   }
@@ -260,6 +280,11 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     // Receive rings: buffers are taken when frames arrive.
   }
 
+  /** The framework's poll loop watches the transmit rings only (receive buffers wait for frames). */
+  pollQueue(index: number): boolean {
+    return this.#isTx(index);
+  }
+
   #isRx(index: number): boolean {
     return index < this.#ctrlIndex && (index & 1) === 0;
   }
@@ -270,32 +295,31 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
 
   // ---- transmit: guest -> switch ----
 
+  #txState(index: number): TxState {
+    const state: TxState = {
+      scheduled: false,
+      run: () => {
+        state.scheduled = false;
+        const vring = this.#rings[index];
+        if (vring !== undefined && vring.started && vring.error === undefined) vring.batch(() => this.#drainTx(vring));
+      },
+    };
+    return state;
+  }
+
   /**
-   * A kick (or start, or enable) on a transmit ring. A busy ring is then polled instead: kicks stay off and the
-   * ring is looked at on every event-loop turn until it has been idle for `busyPollUs` (waking a sleeping thread
-   * per kick costs tens of microseconds, far more than a look at the ring).
+   * New transmit buffers (a kick, a poll, a start or an enable): one pass over what is available. A pass that
+   * stopped at its limit with more waiting leaves a continuation on the next event-loop turn, so nothing waits
+   * for a kick the driver may not send.
    */
   #drainTx(vring: Vring): void {
     if (!vring.enabled) {
       this.#discardTx(vring);
       return;
     }
-    const moved = this.#txBurstOnce(vring);
-    const state = this.#txPoll[vring.index]!;
-    if (moved > 0 || vring.hasAvailable()) {
-      state.lastBusy = performance.now();
-      if (this.#busyPollMs > 0 && state.notify) {
-        state.notify = false;
-        vring.queue?.setNotification(false);
-      }
-      this.#scheduleTx(vring.index);
-    }
-  }
-
-  /** Up to `txBurst` chains into the switch; returns how many. */
-  #txBurstOnce(vring: Vring): number {
+    const max = this.#txBurst > 0 ? this.#txBurst : vring.size;
     let n = 0;
-    for (; n < this.#txBurst; n++) {
+    for (; n < max; n++) {
       const chain = vring.pop();
       if (chain === null) break;
       try {
@@ -305,40 +329,29 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
         this.stats.txErrors++;
         this.#log.error(`transmit failed: ${(err as Error).stack ?? String(err)}`);
       }
+      // Nothing reads the packet's view of the chain after this (receivers ran inside #transmit; the next frame
+      // replaces it), so the chain can go back now; the reference itself is dropped once per pass, below.
       vring.complete(chain, 0);
-    }
-    return n;
-  }
-
-  #scheduleTx(index: number): void {
-    const state = this.#txPoll[index]!;
-    if (state.scheduled) return;
-    state.scheduled = true;
-    setImmediate(() => {
-      state.scheduled = false;
-      const vring = this.#rings[index];
-      if (!ready(vring)) return;
-      let moved = 0;
-      vring.batch(() => (moved = this.#txBurstOnce(vring)));
-      const now = performance.now();
-      if (moved > 0) {
-        state.lastBusy = now;
-        this.#scheduleTx(index);
-      } else if (!state.notify && now - state.lastBusy < this.#busyPollMs) {
-        this.#scheduleTx(index);
-      } else if (!state.notify) {
-        // Idle: back to kicks. Buffers added before the driver saw that would get no kick: look once more.
-        state.notify = true;
-        if (vring.queue?.setNotification(true)) {
-          state.lastBusy = now;
-          this.#scheduleTx(index);
-        }
-      } else if (vring.hasAvailable()) {
-        this.#scheduleTx(index);
+      if ((n & (PUBLISH_EVERY - 1)) === PUBLISH_EVERY - 1) {
+        // A long pass publishes as it goes, so that the sender reuses its buffers (and receivers see frames)
+        // while we work instead of after: otherwise the two take turns.
+        vring.flush();
+        this.#switch.publishReceived();
       }
-    });
+    }
+    this.#packet.release();
+    // Receivers publish what this pass gave them: one used-ring update and at most one notification each.
+    if (n > 0) this.#switch.publishReceived();
+    if (n === max && vring.hasAvailable()) {
+      const state = this.#tx[vring.index]!;
+      if (!state.scheduled) {
+        state.scheduled = true;
+        setImmediate(state.run);
+      }
+    }
   }
 
+  /** One frame into the switch, or counted as an error. The chain stays ours until the caller completes it. */
   #transmit(chain: DescriptorChain): void {
     const st = this.stats;
     const hdrLen = this.#hdrLen;
@@ -347,44 +360,33 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       st.txErrors++;
       return;
     }
-    const packet = this.#packet;
-    packet.reset(len);
-    const frame = packet.buffer;
-    let flags: number;
-    let gso: number;
-    let csumStart: number;
-    let csumOffset: number;
     const views = chain.readable;
-    if (views.length === 1) {
-      // Header and frame in one buffer (the usual layout): read the fields in place, copy the frame once.
-      const v = views[0]!;
-      flags = v[NetHdrOffset.FLAGS]!;
-      gso = v[NetHdrOffset.GSO_TYPE]!;
-      csumStart = v[NetHdrOffset.CSUM_START]! | (v[NetHdrOffset.CSUM_START + 1]! << 8);
-      csumOffset = v[NetHdrOffset.CSUM_OFFSET]! | (v[NetHdrOffset.CSUM_OFFSET + 1]! << 8);
-      copyBytes(frame, 0, v, hdrLen, len);
-    } else {
-      const hdr = this.#txHdr;
-      chain.readInto(this.#txHdrViews[hdrLen === NET_HDR_SIZE ? 1 : 0]);
-      flags = hdr[NetHdrOffset.FLAGS]!;
-      gso = hdr[NetHdrOffset.GSO_TYPE]!;
-      csumStart = hdr[NetHdrOffset.CSUM_START]! | (hdr[NetHdrOffset.CSUM_START + 1]! << 8);
-      csumOffset = hdr[NetHdrOffset.CSUM_OFFSET]! | (hdr[NetHdrOffset.CSUM_OFFSET + 1]! << 8);
-      chain.readInto(packet.frame, hdrLen);
+    // The header fields are read once, from the guest's buffer when the header is in one piece (the usual layout).
+    let h = views[0]!;
+    if (h.length < hdrLen) {
+      h = this.#txHdr;
+      copyFromViewList(h, 0, views, 0, hdrLen);
     }
-    if (gso !== NetHdrGso.NONE) {
+    const flags = h[NetHdrOffset.FLAGS]!;
+    if (h[NetHdrOffset.GSO_TYPE]! !== NetHdrGso.NONE) {
       // We offer no segmentation offload: a GSO frame is a driver error.
       st.txErrors++;
       return;
     }
+    const packet = this.#packet;
     if ((flags & NetHdrFlag.NEEDS_CSUM) !== 0) {
+      const csumStart = h[NetHdrOffset.CSUM_START]! | (h[NetHdrOffset.CSUM_START + 1]! << 8);
+      const csumOffset = h[NetHdrOffset.CSUM_OFFSET]! | (h[NetHdrOffset.CSUM_OFFSET + 1]! << 8);
       if (!this.#csum || csumStart + csumOffset + 2 > len) {
         st.txErrors++;
         return;
       }
+      packet.attach(views, hdrLen, len);
       packet.needsCsum = true;
       packet.csumStart = csumStart;
       packet.csumOffset = csumOffset;
+    } else {
+      packet.attach(views, hdrLen, len);
     }
     st.txPackets++;
     st.txBytes += len;
@@ -424,86 +426,117 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
 
   // ---- receive: switch -> guest ----
 
-  /** A frame from the switch: into the guest's receive buffers now, or dropped. */
+  /**
+   * A frame from the switch: into the guest's receive buffers now, or dropped. The used ring is published by
+   * {@link publish} at the end of the sender's pass.
+   */
   receive(packet: Packet): void {
     const st = this.stats;
     if (this.#detached) return;
-    if (!this.filter.accepts(packet.buffer)) {
+    const filter = this.filter;
+    if (!filter.promiscuous && !filter.acceptsKey(packet.dstKey, packet.multicast)) {
       st.rxFiltered++;
       return;
     }
     const vring = this.#pickRx(packet);
-    if (vring === undefined || !vring.hasAvailable()) {
+    const first = vring === undefined ? null : vring.pop();
+    if (first === null) {
       st.rxDropped++;
       return;
     }
+    const rx = vring!;
     if (packet.needsCsum && !this.#guestCsum && packet.completeChecksum()) st.csumComputed++;
     const hdrLen = this.#hdrLen;
     const len = packet.length;
     const need = hdrLen + len;
-    const hdr = this.#rxHdr;
-    hdr.fill(0);
-    if (packet.needsCsum) {
-      hdr[NetHdrOffset.FLAGS] = NetHdrFlag.NEEDS_CSUM;
-      hdr[NetHdrOffset.CSUM_START] = packet.csumStart & 0xff;
-      hdr[NetHdrOffset.CSUM_START + 1] = packet.csumStart >>> 8;
-      hdr[NetHdrOffset.CSUM_OFFSET] = packet.csumOffset & 0xff;
-      hdr[NetHdrOffset.CSUM_OFFSET + 1] = packet.csumOffset >>> 8;
+    if (!this.#rxDirty) {
+      this.#rxDirty = true;
+      this.#switch.deferPublish(this);
     }
-    const hdrView = this.#rxHdrViews[hdrLen === NET_HDR_SIZE ? 1 : 0];
-    const frame = packet.buffer;
 
-    if (!this.#mrg) {
-      const chain = vring.pop();
-      if (chain === null) {
-        st.rxDropped++;
-        return;
-      }
-      if (chain.writableLength < need) {
-        // The driver must post buffers for the largest frame; hand this one back empty.
-        vring.complete(chain, 0);
-        st.rxErrors++;
-        return;
-      }
-      if (hdrLen === NET_HDR_SIZE) hdr[NetHdrOffset.NUM_BUFFERS] = 1;
-      put(chain, 0, hdrView, 0, hdrLen);
-      put(chain, hdrLen, frame, 0, len);
-      vring.complete(chain, need);
-    } else {
-      // Mergeable buffers: as many chains as the frame needs, the header (with their count) in the first.
-      const chains = this.#chains;
-      let room = 0;
-      while (room < need) {
-        const c = vring.pop();
-        if (c === null) break;
-        chains.push(c);
-        room += c.writableLength;
-      }
-      if (room < need || chains[0]!.writableLength < hdrLen) {
-        // Out of buffers part way, or a first buffer too small for the header: return them unused.
-        for (const c of chains) vring.complete(c, 0);
-        if (room < need) st.rxDropped++;
-        else st.rxErrors++;
-        chains.length = 0;
-        return;
-      }
-      const count = chains.length;
-      hdr[NetHdrOffset.NUM_BUFFERS] = count & 0xff;
-      hdr[NetHdrOffset.NUM_BUFFERS + 1] = count >>> 8;
-      let off = 0;
-      for (let k = 0; k < count; k++) {
-        const c = chains[k]!;
-        let written = 0;
-        if (k === 0) written = put(c, 0, hdrView, 0, hdrLen);
-        const n = Math.min(c.writableLength - written, len - off);
-        if (n > 0) written += put(c, written, frame, off, n);
-        off += n;
-        vring.complete(c, written);
-      }
-      chains.length = 0;
+    if (first.writableLength >= need) {
+      // The whole frame fits the first chain (always, for small frames): num_buffers 1. Usually it fits its
+      // first buffer too, and comes from one buffer of the sender: then one native copy moves it.
+      const w = first.writable[0]!;
+      if (w.length < need || !packet.copyWhole(w, hdrLen)) putFrame(first, hdrLen, packet, 0, len);
+      // After the frame: copyWhole overwrites the bytes in front of it.
+      this.#putHeader(first, packet, 1);
+      rx.complete(first, need);
+    } else if (!this.#mrg) {
+      // The driver must post buffers for the largest frame; hand this one back empty.
+      rx.complete(first, 0);
+      st.rxErrors++;
+      return;
+    } else if (!this.#receiveMerged(rx, first, packet, need)) {
+      return;
     }
     st.rxPackets++;
     st.rxBytes += len;
+  }
+
+  /**
+   * Mergeable buffers: as many chains as the frame needs, the header (with their count) in the first. False
+   * (counted) when the frame could not be delivered.
+   */
+  #receiveMerged(vring: Vring, first: DescriptorChain, packet: Packet, need: number): boolean {
+    const chains = this.#chains;
+    const hdrLen = this.#hdrLen;
+    const len = packet.length;
+    chains[0] = first;
+    let count = 1;
+    let room = first.writableLength;
+    while (room < need) {
+      const c = vring.pop();
+      if (c === null) break;
+      chains[count++] = c;
+      room += c.writableLength;
+    }
+    if (room < need || first.writableLength < hdrLen) {
+      // Out of buffers part way, or a first buffer too small for the header: return them unused.
+      for (let k = 0; k < count; k++) vring.complete(chains[k]!, 0);
+      if (room < need) this.stats.rxDropped++;
+      else this.stats.rxErrors++;
+      return false;
+    }
+    let off = 0;
+    for (let k = 0; k < count; k++) {
+      const c = chains[k]!;
+      const at = k === 0 ? hdrLen : 0;
+      const n = Math.min(c.writableLength - at, len - off);
+      if (n > 0) putFrame(c, at, packet, off, n);
+      off += n;
+      // The header (with the count) once the first chain has its part of the frame, before it is completed.
+      if (k === 0) this.#putHeader(first, packet, count);
+      vring.complete(c, at + (n > 0 ? n : 0));
+    }
+    return true;
+  }
+
+  /** The virtio-net header for `packet` at the start of the chain's writable part (room checked). */
+  #putHeader(chain: DescriptorChain, packet: Packet, numBuffers: number): void {
+    const hdrLen = this.#hdrLen;
+    const v = chain.writable[0]!;
+    const h = v.length >= hdrLen ? v : this.#rxHdr;
+    for (let i = 0; i < hdrLen; i++) h[i] = 0;
+    if (packet.needsCsum) {
+      h[NetHdrOffset.FLAGS] = NetHdrFlag.NEEDS_CSUM;
+      h[NetHdrOffset.CSUM_START] = packet.csumStart & 0xff;
+      h[NetHdrOffset.CSUM_START + 1] = packet.csumStart >>> 8;
+      h[NetHdrOffset.CSUM_OFFSET] = packet.csumOffset & 0xff;
+      h[NetHdrOffset.CSUM_OFFSET + 1] = packet.csumOffset >>> 8;
+    }
+    if (hdrLen === NET_HDR_SIZE) {
+      h[NetHdrOffset.NUM_BUFFERS] = numBuffers & 0xff;
+      h[NetHdrOffset.NUM_BUFFERS + 1] = numBuffers >>> 8;
+    }
+    if (h !== v) copyToViewList(chain.writable, 0, h, 0, hdrLen);
+  }
+
+  /** Publish the receive completions of the sender's pass (see {@link NetSwitch.publishReceived}). */
+  publish(): void {
+    this.#rxDirty = false;
+    const rings = this.#rings;
+    for (let i = 0; i < this.#ctrlIndex; i += 2) rings[i]?.flush();
   }
 
   /** The receive ring for this frame: the flow's pair among those in use, else the next ready one. */
@@ -514,7 +547,9 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       const v = rings[0];
       return ready(v) ? v : undefined;
     }
-    let q = flowHash(packet.buffer, packet.length) % pairs;
+    // The hash reads up to the L4 ports: have those in the packet's own buffer.
+    packet.pull(HEAD_BYTES);
+    let q = flowHash(packet.buffer, packet.headLength) % pairs;
     for (let tries = 0; tries < pairs; tries++) {
       const v = rings[2 * q];
       if (ready(v)) return v;

@@ -43,9 +43,13 @@ export class RxFilter {
 
   /** Does the frame's destination (bytes 0-5) pass? */
   accepts(frame: Uint8Array): boolean {
+    return this.promiscuous || this.acceptsKey(macKeyAt(frame, 0), isMulticastAt(frame, 0));
+  }
+
+  /** Does a destination address (a MAC key, see `macKeyAt`) pass? */
+  acceptsKey(key: number, multicast: boolean): boolean {
     if (this.promiscuous) return true;
-    const key = macKeyAt(frame, 0);
-    if (isMulticastAt(frame, 0)) {
+    if (multicast) {
       if (key === BROADCAST_KEY || this.allMulticast || this.multicastOverflow) return true;
       return this.multicast.has(key);
     }

@@ -4,9 +4,11 @@
  * port, ages entries out, and forgets a port's addresses when the port goes away.
  *
  * Forwarding is synchronous: a port's `receive` either writes the frame into its endpoint now or drops it (and
- * counts the drop). Nothing is queued, so a slow or stopped receiver never holds up a sender.
+ * counts the drop). Nothing is queued, so a slow or stopped receiver never holds up a sender. A receiver may defer
+ * making what it wrote visible (a guest's used ring) to the end of the sender's burst: it asks with
+ * {@link NetSwitch.deferPublish}, and the sender calls {@link NetSwitch.publishReceived} when its burst is done.
  */
-import { formatMacKey, isMulticastAt, macKeyAt } from './mac.js';
+import { formatMacKey, macKeyAt } from './mac.js';
 import type { Packet } from './packet.js';
 import { ETH_HLEN } from './header.js';
 
@@ -16,6 +18,8 @@ export interface SwitchPort {
   readonly name: string;
   /** Take a frame now or drop it; never keep a reference to the packet after returning. */
   receive(packet: Packet): void;
+  /** Make visible what `receive` wrote since the last call (after {@link NetSwitch.deferPublish}). */
+  publish?(): void;
 }
 
 /** Options for {@link NetSwitch}. */
@@ -84,11 +88,17 @@ export class NetSwitch {
   readonly #table = new Map<number, MacEntry>();
   #ports: SwitchPort[] = [];
   readonly #ingress = new Map<SwitchPort, Ingress>();
+  /** The last sender and its memo: a burst comes from one port, so most frames skip the map lookup. */
+  #lastFrom: SwitchPort | undefined;
+  #lastIngress: Ingress = newIngress();
   /** Bumped whenever an entry is added, moves or goes: invalidates every {@link Ingress} memo. */
   #gen = 0;
   #timer: NodeJS.Timeout | undefined;
   /** Coarse time used for learning, refreshed by every sweep: reading a clock per frame costs more than it gains. */
   #now: number;
+  /** Ports waiting for {@link publishReceived}, by index up to #deferred (the array keeps its storage). */
+  readonly #deferred: SwitchPort[] = [];
+  #deferredCount = 0;
 
   constructor(options: NetSwitchOptions = {}) {
     this.agingMs = options.agingMs ?? 300_000;
@@ -116,6 +126,7 @@ export class NetSwitch {
   removePort(port: SwitchPort): void {
     this.#ports = this.#ports.filter((p) => p !== port);
     this.#ingress.delete(port);
+    if (this.#lastFrom === port) this.#lastFrom = undefined;
     this.forget(port);
   }
 
@@ -169,42 +180,46 @@ export class NetSwitch {
    * learned on, or to every other port.
    */
   forward(from: SwitchPort, packet: Packet): void {
-    const b = packet.buffer;
     if (packet.length < ETH_HLEN) return;
-    let ing = this.#ingress.get(from);
-    if (ing === undefined) {
-      ing = newIngress();
-      this.#ingress.set(from, ing);
+    let ing = this.#lastIngress;
+    if (from !== this.#lastFrom) {
+      let found = this.#ingress.get(from);
+      if (found === undefined) {
+        found = newIngress();
+        this.#ingress.set(from, found);
+      }
+      ing = this.#lastIngress = found;
+      this.#lastFrom = from;
     }
     if (ing.gen !== this.#gen) {
       ing.gen = this.#gen;
       ing.srcHi = ing.dstHi = -1;
     }
-    if (!isMulticastAt(b, 6)) {
-      const hi = (b[6]! << 16) | (b[7]! << 8) | b[8]!;
-      const lo = (b[9]! << 16) | (b[10]! << 8) | b[11]!;
-      if (hi === ing.srcHi && lo === ing.srcLo) {
+    const srcHi = packet.srcHi;
+    if ((srcHi & 0x10000) === 0) {
+      const lo = packet.srcLo;
+      if (srcHi === ing.srcHi && lo === ing.srcLo) {
         ing.src!.seen = this.#now;
       } else {
-        const entry = this.#learn(macKeyAt(b, 6), from);
+        const entry = this.#learn(packet.srcKey, from);
         // Learning a new station (or a move) changed the table: nothing memoised before holds.
         if (ing.gen !== this.#gen) {
           ing.gen = this.#gen;
           ing.dstHi = -1;
         }
         ing.src = entry;
-        ing.srcHi = entry === undefined ? -1 : hi;
+        ing.srcHi = entry === undefined ? -1 : srcHi;
         ing.srcLo = lo;
       }
     }
-    if (!isMulticastAt(b, 0)) {
-      const hi = (b[0]! << 16) | (b[1]! << 8) | b[2]!;
-      const lo = (b[3]! << 16) | (b[4]! << 8) | b[5]!;
+    const hi = packet.dstHi;
+    if ((hi & 0x10000) === 0) {
+      const lo = packet.dstLo;
       let entry: MacEntry | undefined;
       if (hi === ing.dstHi && lo === ing.dstLo) {
         entry = ing.dst;
       } else {
-        entry = this.#table.get(macKeyAt(b, 0));
+        entry = this.#table.get(packet.dstKey);
         ing.dst = entry;
         ing.dstHi = hi;
         ing.dstLo = lo;
@@ -225,6 +240,26 @@ export class NetSwitch {
       const p = ports[i]!;
       if (p !== from) p.receive(packet);
     }
+  }
+
+  /**
+   * A receiver wrote frames whose publication waits for the end of the sender's burst: call its `publish` then.
+   * Once per port and burst (the port keeps track).
+   */
+  deferPublish(port: SwitchPort): void {
+    this.#deferred[this.#deferredCount++] = port;
+  }
+
+  /**
+   * The end of a sender's burst: every receiver that deferred publishes now (for a guest, one used-ring update
+   * and at most one notification per ring, however many frames it got).
+   */
+  publishReceived(): void {
+    const list = this.#deferred;
+    // A publish may not forward, but count down from a snapshot in case one defers again.
+    const n = this.#deferredCount;
+    this.#deferredCount = 0;
+    for (let i = 0; i < n; i++) list[i]!.publish?.();
   }
 
   /** Learn or refresh `key` on `port`; returns its entry (undefined when the table is full). */

@@ -76,6 +76,8 @@ export class TapUplink implements SwitchPort {
   readonly #rxHdr = new Uint8Array(LEGACY_NET_HDR_SIZE);
   readonly #txHdr = new Uint8Array(LEGACY_NET_HDR_SIZE);
   readonly #readInto: [Uint8Array, Uint8Array];
+  /** Header and frame for writev, reused. */
+  readonly #writeFrom: [Uint8Array, Uint8Array];
   #watcher: FdWatcher | undefined;
   #closed = false;
 
@@ -88,6 +90,7 @@ export class TapUplink implements SwitchPort {
     this.#readBurst = options.readBurst ?? 256;
     this.#ownsFd = options.ownsFd ?? true;
     this.#readInto = [this.#txHdr, this.#packet.buffer];
+    this.#writeFrom = [this.#rxHdr, this.#rxHdr];
     native.setNonBlocking(fd, true);
     sw.addPort(this);
     this.#watcher = native.watch(fd, (events, errno) => this.#onReadable(events, errno));
@@ -100,6 +103,15 @@ export class TapUplink implements SwitchPort {
       this.#watcher?.stop();
       return;
     }
+    try {
+      this.#readBurstOnce();
+    } finally {
+      // Guests publish what this burst gave them: one used-ring update and notification per ring.
+      this.#switch.publishReceived();
+    }
+  }
+
+  #readBurstOnce(): void {
     const packet = this.#packet;
     const hdrLen = this.vnetHdr ? LEGACY_NET_HDR_SIZE : 0;
     for (let n = this.#readBurst; n > 0 && !this.#closed; n--) {
@@ -162,10 +174,12 @@ export class TapUplink implements SwitchPort {
           h[NetHdrOffset.CSUM_OFFSET] = packet.csumOffset & 0xff;
           h[NetHdrOffset.CSUM_OFFSET + 1] = packet.csumOffset >>> 8;
         }
-        fs.writevSync(this.fd, [h, packet.frame]);
+        const iov = this.#writeFrom;
+        iov[1] = packet.frame;
+        fs.writevSync(this.fd, iov);
       } else {
         if (packet.needsCsum && packet.completeChecksum()) this.stats.csumComputed++;
-        fs.writeSync(this.fd, packet.buffer, 0, packet.length);
+        fs.writeSync(this.fd, packet.frame);
       }
     } catch (err) {
       // EAGAIN (queue full), EIO (interface down): the frame is lost, as on a wire.

@@ -21,7 +21,7 @@ import { DeviceId, ScsiFeature, featureMask, hasFeature } from '../../virtio/con
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { ScsiBus, type BusChange } from '../../scsi/bus.js';
 import { NO_BUFFERS, emptyViewList, sliceViewsInto } from '../../util/views.js';
-import { ScsiTask, TaskResponse } from '../../scsi/task.js';
+import { MAX_SENSE_SIZE, ScsiTask, TaskResponse } from '../../scsi/task.js';
 import { TmfResponse, type TaskManagementFunction } from '../../scsi/target.js';
 import type { LogicalUnit } from '../../scsi/logical-unit.js';
 import {
@@ -84,16 +84,25 @@ const TMF_RESPONSES: Readonly<Record<TmfResponse, number>> = {
   [TmfResponse.INCORRECT_LUN]: ScsiResponse.INCORRECT_LUN,
 };
 
-const TASK_RESPONSES: Readonly<Record<TaskResponse, number>> = {
-  [TaskResponse.COMPLETE]: ScsiResponse.OK,
-  [TaskResponse.OVERRUN]: ScsiResponse.OVERRUN,
-  [TaskResponse.ABORTED]: ScsiResponse.ABORTED,
-  [TaskResponse.RESET]: ScsiResponse.RESET,
-};
+/** The response byte for each TaskResponse, indexed by it (a lookup per request). */
+const TASK_RESPONSES = new Uint8Array(4);
+TASK_RESPONSES[TaskResponse.COMPLETE] = ScsiResponse.OK;
+TASK_RESPONSES[TaskResponse.OVERRUN] = ScsiResponse.OVERRUN;
+TASK_RESPONSES[TaskResponse.ABORTED] = ScsiResponse.ABORTED;
+TASK_RESPONSES[TaskResponse.RESET] = ScsiResponse.RESET;
 
 const HOTPLUG = featureMask(ScsiFeature.HOTPLUG);
 /** CDB bytes copied into a task: the longest CDB the target emulation decodes. */
 const CDB_COPY = 16;
+// Module-local copies of the wire constants the per-request path uses: the compiler folds these, while every
+// read of an imported object's property is a load and a check.
+const REQUEST_HEADER_BASE = VirtioScsi.REQUEST_HEADER_BASE;
+const RESPONSE_HEADER_BASE = VirtioScsi.RESPONSE_HEADER_BASE;
+const FIRST_REQUEST = ScsiQueue.FIRST_REQUEST;
+const CONTROL = ScsiQueue.CONTROL;
+const EVENT = ScsiQueue.EVENT;
+const FAILURE = ScsiResponse.FAILURE;
+const EMPTY = NO_BUFFERS;
 const INOUT = featureMask(ScsiFeature.INOUT);
 const CHANGE = featureMask(ScsiFeature.CHANGE);
 
@@ -121,21 +130,57 @@ interface PendingEvent {
   reason: number;
 }
 
-/** One request in flight on a request queue; pooled, with its task bound once. */
-class ScsiRequest {
-  readonly task: ScsiTask;
+/**
+ * One request in flight on a request queue: the SCSI task itself, with the transport's state. Pooled (a free
+ * list), so a request allocates nothing.
+ */
+class ScsiRequest extends ScsiTask {
+  readonly device: ScsiDevice;
   vring: Vring | null = null;
   chain: DescriptorChain | null = null;
-  /** The request header as read from the chain (copied: the guest may change it). */
-  header: Uint8Array = new Uint8Array(VirtioScsi.REQUEST_HEADER_BASE + VirtioScsi.DEFAULT_CDB_SIZE);
+  /** Next free request while in the device's free list. */
+  nextFree: ScsiRequest | null = null;
   /** Bytes of the response header (12 + sense_size at the time of the request). */
   responseSize = 0;
-  /** The data buffers, as views: reused from request to request (no allocation per request). */
-  readonly dataOut: Uint8Array[] = emptyViewList();
-  readonly dataIn: Uint8Array[] = emptyViewList();
+  /** The data buffers, as views: reused from request to request. */
+  readonly dataOutViews: Uint8Array[] = emptyViewList();
+  readonly dataInViews: Uint8Array[] = emptyViewList();
 
   constructor(device: ScsiDevice) {
-    this.task = new ScsiTask(() => device.finishRequest(this));
+    super(requestDone);
+    this.device = device;
+  }
+}
+
+/** The completion of every request (one function: the call that reaches it stays monomorphic). */
+function requestDone(task: ScsiTask): void {
+  const req = task as ScsiRequest;
+  req.device.finishRequest(req);
+}
+
+/**
+ * `views` from byte `start` on into `out` (emptied first), like sliceViewsInto but with the common case first:
+ * `start` falls on a view boundary (Linux puts the request and response headers in buffers of their own), so
+ * the data buffers are the views as they are.
+ */
+function viewsFrom(out: Uint8Array[], views: readonly Uint8Array[], start: number, end: number): Uint8Array[] {
+  const first = views[0]!;
+  if (first.byteLength !== start) return sliceViewsInto(out, views, start, end);
+  let n = 0;
+  for (let i = 1; i < views.length; i++) out[n++] = views[i]!;
+  // Trimmed rather than emptied first: emptying drops the array's storage and refilling it would allocate.
+  if (out.length !== n) out.length = n;
+  return out;
+}
+
+/** Copy the first `n` bytes of `src` into `views` (no sub-view of `src` per piece: this is for small headers). */
+function writeHead(views: readonly Uint8Array[], src: Uint8Array, n: number): void {
+  let at = 0;
+  for (let i = 0; i < views.length && at < n; i++) {
+    const v = views[i]!;
+    const k = v.byteLength < n - at ? v.byteLength : n - at;
+    for (let j = 0; j < k; j++) v[j] = src[at + j]!;
+    at += k;
   }
 }
 
@@ -163,8 +208,17 @@ export class ScsiDevice implements VirtioDevice {
   readonly #requestVrings = new Set<Vring>();
   #pendingEvents: PendingEvent[] = [];
   #eventsMissed = false;
-  readonly #pool: ScsiRequest[] = [];
-  readonly #response = new Uint8Array(VirtioScsi.RESPONSE_HEADER_BASE + 256);
+  /** Free requests, linked through `nextFree`. */
+  #free: ScsiRequest | null = null;
+  /** The request being started by #request (for #internalError). */
+  #starting: ScsiRequest | null = null;
+  /** Bytes of the request header before the data-out buffers (19 + cdb_size), and of the response (12 + sense_size). */
+  #headerSize: number = VirtioScsi.REQUEST_HEADER_BASE + VirtioScsi.DEFAULT_CDB_SIZE;
+  #responseSize: number = VirtioScsi.RESPONSE_HEADER_BASE + VirtioScsi.DEFAULT_SENSE_SIZE;
+  /** The request header up to the last CDB byte we read, when the guest split it across buffers. */
+  readonly #header = new Uint8Array(VirtioScsi.REQUEST_HEADER_BASE + CDB_COPY);
+  /** A response header with sense, when the first writable buffer cannot hold it. */
+  readonly #response = new Uint8Array(VirtioScsi.RESPONSE_HEADER_BASE + MAX_SENSE_SIZE);
   readonly #control = new Uint8Array(32);
   readonly #event = new Uint8Array(VirtioScsi.EVENT_SIZE);
   readonly #log: Logger;
@@ -277,6 +331,12 @@ export class ScsiDevice implements VirtioDevice {
     if (cdb > 0xff) throw new RequestRejected(`virtio-scsi config: cdb_size ${cdb} is too large`);
     this.#senseSize = sense;
     this.#cdbSize = cdb;
+    this.#sizesChanged();
+  }
+
+  #sizesChanged(): void {
+    this.#headerSize = VirtioScsi.REQUEST_HEADER_BASE + this.#cdbSize;
+    this.#responseSize = VirtioScsi.RESPONSE_HEADER_BASE + this.#senseSize;
   }
 
   featuresNegotiated(features: bigint): void {
@@ -297,144 +357,230 @@ export class ScsiDevice implements VirtioDevice {
     this.#negotiated = 0n;
     this.#senseSize = VirtioScsi.DEFAULT_SENSE_SIZE;
     this.#cdbSize = VirtioScsi.DEFAULT_CDB_SIZE;
+    this.#sizesChanged();
     this.#eventVring = undefined;
     this.#requestVrings.clear();
     this.#pendingEvents = [];
     this.#eventsMissed = false;
     // Pooled requests still hold views of the old guest memory.
-    this.#pool.length = 0;
+    this.#free = null;
     // A new driver meets the units as after power-on.
     for (const { unit } of this.bus.units()) unit.powerOn();
+  }
+
+  /**
+   * The framework's poll loop may watch the control and request queues. Not the event queue: its buffers wait,
+   * unconsumed, for events of ours, and only their arrival is of interest.
+   */
+  pollQueue(index: number): boolean {
+    return index !== ScsiQueue.EVENT;
   }
 
   onAvailable(vring: Vring): void {
     // Called for disabled rings too: every request here has side effects, so buffers wait for the enable.
     if (!vring.enabled) return;
     const index = vring.index;
-    if (index === ScsiQueue.EVENT) {
+    if (index === EVENT) {
       this.#deliverEvents();
       return;
     }
-    for (let chain = vring.pop(); chain; chain = vring.pop()) {
+    // Request counts are added once per pass rather than per request.
+    let n = 0;
+    for (let chain = vring.pop(); chain !== null; chain = vring.pop()) {
+      n++;
       try {
-        if (index === ScsiQueue.CONTROL) this.#controlRequest(vring, chain);
+        if (index === CONTROL) this.#controlRequest(vring, chain);
         else this.#request(vring, chain);
       } catch (err) {
-        // A bug of ours: answer the chain so that the ring can still stop, and go on.
-        this.#log.error(`queue ${index}: internal error on request ${chain.head}: ${(err as Error).stack ?? err}`);
-        vring.complete(chain, 0);
+        this.#internalError(vring, chain, err as Error);
       }
     }
+    if (n > 0 && index >= FIRST_REQUEST) {
+      this.stats.requests += n;
+      this.stats.perQueue[index - FIRST_REQUEST]! += n;
+    }
+  }
+
+  /**
+   * A bug of ours surfaced while a chain was being handled: answer it (length 0) so that the ring can still
+   * stop, unless its request completed it already (a completed chain is never touched again), and go on.
+   */
+  #internalError(vring: Vring, chain: DescriptorChain, err: Error): void {
+    this.#log.error(`queue ${vring.index}: internal error on request ${chain.head}: ${err.stack ?? err}`);
+    const req = this.#starting;
+    this.#starting = null;
+    if (req !== null && req.chain !== chain) return;
+    if (req !== null) {
+      // Its task may still end later: finishRequest then finds no chain and leaves the request out of the pool.
+      req.chain = null;
+      req.vring = null;
+    }
+    vring.complete(chain, 0);
   }
 
   // ---- request queues ----
 
+  /**
+   * One request: checked, its header decoded straight from the guest's buffer into a pooled task, and handed to
+   * the target. The rare cases (errors, split headers) are in other methods, to keep this one small.
+   */
   #request(vring: Vring, chain: DescriptorChain): void {
-    const stats = this.stats;
-    stats.requests++;
-    stats.perQueue[vring.index - ScsiQueue.FIRST_REQUEST]!++;
-    const responseSize = VirtioScsi.RESPONSE_HEADER_BASE + this.#senseSize;
-    const headerSize = VirtioScsi.REQUEST_HEADER_BASE + this.#cdbSize;
-    if (chain.writableLength < responseSize) {
-      this.#guestError('short-response', `queue ${vring.index}: request ${chain.head} has ${chain.writableLength} writable ` +
-        `bytes, less than the ${responseSize}-byte response`);
-      return this.#answer(vring, chain, ScsiResponse.FAILURE);
+    const responseSize = this.#responseSize;
+    const headerSize = this.#headerSize;
+    const writableLength = chain.writableLength;
+    const readableLength = chain.readableLength;
+    const dataOutLength = readableLength - headerSize;
+    const dataInLength = writableLength - responseSize;
+    if (dataInLength < 0 || dataOutLength < 0 || (dataOutLength > 0 && dataInLength > 0)) {
+      if (!this.#layoutOk(vring, chain, dataOutLength, dataInLength)) return;
     }
-    if (chain.readableLength < headerSize) {
-      this.#guestError('short-request', `queue ${vring.index}: request ${chain.head} has ${chain.readableLength} readable ` +
-        `bytes, less than the ${headerSize}-byte header`);
-      return this.#answer(vring, chain, ScsiResponse.FAILURE);
-    }
-    const dataOutLength = chain.readableLength - headerSize;
-    const dataInLength = chain.writableLength - responseSize;
-    if (dataOutLength > 0 && dataInLength > 0 && (this.#negotiated & INOUT) === 0n) {
-      this.#guestError('inout', `queue ${vring.index}: request ${chain.head} has data both ways without INOUT`);
-      return this.#answer(vring, chain, ScsiResponse.FAILURE);
-    }
-    const req = this.#pool.pop() ?? new ScsiRequest(this);
-    // The header straight from the guest's buffer when one holds it all (else a copy); every field is read once,
-    // so a guest rewriting it meanwhile cannot make us see two different values.
+    // The header straight from the guest's buffer when one holds what we read of it (else a copy); every field
+    // is read once, so a guest rewriting it meanwhile cannot make us see two different values.
     let h = chain.readable[0]!;
-    if (h.byteLength < headerSize) {
-      if (req.header.byteLength !== headerSize) req.header = new Uint8Array(headerSize);
-      chain.readInto(req.header);
-      h = req.header;
-    }
-    const target = this.bus.target(lunTarget(h));
-    if (!target) {
-      this.#pool.push(req);
-      stats.badTarget++;
+    if (h.byteLength < REQUEST_HEADER_BASE + CDB_COPY) h = this.#copyHeader(chain);
+    const target = this.bus.target(h[0] === 1 ? h[1]! : -1);
+    if (target === undefined) {
+      this.stats.badTarget++;
       return this.#answer(vring, chain, ScsiResponse.BAD_TARGET, dataInLength > 0 ? dataInLength : dataOutLength);
     }
-    const lun = decodeLun(h);
-    const task = req.task;
-    task.prepare();
-    // No command the target knows is longer than 16 bytes; the task's bytes past 16 stay zero.
-    const cdb = task.cdb;
-    const cdbBytes = this.#cdbSize < CDB_COPY ? this.#cdbSize : CDB_COPY;
-    for (let i = 0; i < cdbBytes; i++) cdb[i] = h[VirtioScsi.REQUEST_HEADER_BASE + i]!;
-    if (cdbBytes < CDB_COPY) cdb.fill(0, cdbBytes, CDB_COPY);
-    task.tagLo = u32(h, 8);
-    task.tagHi = u32(h, 12);
-    if (dataOutLength > 0) {
-      task.dataOut = sliceViewsInto(req.dataOut, chain.readable, headerSize, chain.readableLength);
-      task.dataOutLength = dataOutLength;
-    }
-    if (dataInLength > 0) {
-      task.dataIn = sliceViewsInto(req.dataIn, chain.writable, responseSize, chain.writableLength);
-      task.dataInLength = dataInLength;
-    }
+    let req = this.#free;
+    if (req !== null) this.#free = req.nextFree;
+    else req = new ScsiRequest(this);
+    // The request holds the chain from here on (see #internalError).
+    this.#starting = req;
     req.vring = vring;
     req.chain = chain;
+    req.prepare();
+    // No command the target knows is longer than 16 bytes: the task's CDB bytes past 16 stay zero. Copied
+    // unrolled (header bytes 19-34, the CDB starting at REQUEST_HEADER_BASE): a loop costs several times more.
+    const cdb = req.cdb;
+    if (this.#cdbSize >= CDB_COPY) {
+      cdb[0] = h[19]!; cdb[1] = h[20]!; cdb[2] = h[21]!; cdb[3] = h[22]!;
+      cdb[4] = h[23]!; cdb[5] = h[24]!; cdb[6] = h[25]!; cdb[7] = h[26]!;
+      cdb[8] = h[27]!; cdb[9] = h[28]!; cdb[10] = h[29]!; cdb[11] = h[30]!;
+      cdb[12] = h[31]!; cdb[13] = h[32]!; cdb[14] = h[33]!; cdb[15] = h[34]!;
+    } else {
+      this.#shortCdb(cdb, h);
+    }
+    req.tagLo = (h[8]! | (h[9]! << 8) | (h[10]! << 16) | (h[11]! << 24)) >>> 0;
+    req.tagHi = (h[12]! | (h[13]! << 8) | (h[14]! << 16) | (h[15]! << 24)) >>> 0;
+    const lun = decodeLun(h);
+    if (dataOutLength > 0) {
+      req.dataOut = viewsFrom(req.dataOutViews, chain.readable, headerSize, readableLength);
+      req.dataOutLength = dataOutLength;
+    }
+    if (dataInLength > 0) {
+      req.dataIn = viewsFrom(req.dataInViews, chain.writable, responseSize, writableLength);
+      req.dataInLength = dataInLength;
+    }
     req.responseSize = responseSize;
-    target.execute(lun, task);
+    target.execute(lun, req);
+    this.#starting = null;
   }
 
-  /** @internal A task ended: write the response header and sense, complete the chain. */
+  /**
+   * The buffers are too small for the header or the response, or carry data both ways: false, with the
+   * request answered, unless data both ways is allowed (INOUT).
+   */
+  #layoutOk(vring: Vring, chain: DescriptorChain, dataOutLength: number, dataInLength: number): boolean {
+    if (dataInLength < 0) {
+      this.#guestError('short-response', `queue ${vring.index}: request ${chain.head} has ${chain.writableLength} writable ` +
+        `bytes, less than the ${this.#responseSize}-byte response`);
+      this.#answer(vring, chain, FAILURE);
+      return false;
+    }
+    if (dataOutLength < 0) {
+      this.#guestError('short-request', `queue ${vring.index}: request ${chain.head} has ${chain.readableLength} readable ` +
+        `bytes, less than the ${this.#headerSize}-byte header`);
+      this.#answer(vring, chain, FAILURE);
+      return false;
+    }
+    if ((this.#negotiated & INOUT) === 0n) {
+      this.#guestError('inout', `queue ${vring.index}: request ${chain.head} has data both ways without INOUT`);
+      this.#answer(vring, chain, FAILURE);
+      return false;
+    }
+    return true;
+  }
+
+  /** The header up to the 16th CDB byte, copied out of the chain (it starts with a buffer too short for it). */
+  #copyHeader(chain: DescriptorChain): Uint8Array {
+    const header = this.#header;
+    // Bytes past the header (data-out bytes when cdb_size < 16) may come along; they are never read.
+    header.fill(0);
+    chain.readInto(header);
+    return header;
+  }
+
+  /** cdb_size below 16: its bytes, the rest of the 16 zero. */
+  #shortCdb(cdb: Uint8Array, h: Uint8Array): void {
+    const n = this.#cdbSize;
+    for (let i = 0; i < n; i++) cdb[i] = h[REQUEST_HEADER_BASE + i]!;
+    cdb.fill(0, n, CDB_COPY);
+  }
+
+  /** @internal A task ended: write the response header (and sense, after an error), complete the chain. */
   finishRequest(req: ScsiRequest): void {
     const vring = req.vring;
     const chain = req.chain;
-    if (!vring || !chain) return;
+    if (vring === null || chain === null) return;
     req.vring = null;
     req.chain = null;
-    const task = req.task;
-    const senseLen = Math.min(task.senseLength, this.#senseSize, req.responseSize - VirtioScsi.RESPONSE_HEADER_BASE);
-    const n = VirtioScsi.RESPONSE_HEADER_BASE + senseLen;
+    const senseLength = req.senseLength;
     const w = chain.writable[0]!;
-    // In place when the first writable buffer holds the response (it always does for Linux), else scattered.
+    const residual = req.residual;
+    const response = TASK_RESPONSES[req.response]!;
+    // In place when the first writable buffer holds the response (it always does for Linux).
+    if (senseLength === 0 && w.byteLength >= RESPONSE_HEADER_BASE) {
+      w[0] = 0; w[1] = 0; w[2] = 0; w[3] = 0;
+      w[4] = residual; w[5] = residual >>> 8; w[6] = residual >>> 16; w[7] = residual >>> 24;
+      w[8] = 0; w[9] = 0; w[10] = req.status; w[11] = response;
+    } else {
+      this.#writeResponse(req, chain, residual, response);
+    }
+    const len = req.responseSize + req.dataInTransferred;
+    // The task lets go of the views; the request's own arrays keep them until its next use (or a device reset).
+    req.dataIn = EMPTY;
+    req.dataOut = EMPTY;
+    req.nextFree = this.#free;
+    this.#free = req;
+    vring.complete(chain, len);
+  }
+
+  /** The response with sense data, or into a first buffer too small for it. */
+  #writeResponse(req: ScsiRequest, chain: DescriptorChain, residual: number, response: number): void {
+    // sense_size and the response buffer may cut the sense short.
+    const senseLen = Math.min(req.senseLength, this.#senseSize, req.responseSize - RESPONSE_HEADER_BASE);
+    const n = RESPONSE_HEADER_BASE + senseLen;
+    const w = chain.writable[0]!;
     const r = w.byteLength >= n ? w : this.#response;
     put32(r, 0, senseLen);
-    put32(r, 4, task.residual);
+    put32(r, 4, residual);
     r[8] = 0;
     r[9] = 0;
-    r[10] = task.status;
-    r[11] = TASK_RESPONSES[task.response];
-    const sense = task.sense;
-    for (let i = 0; i < senseLen; i++) r[VirtioScsi.RESPONSE_HEADER_BASE + i] = sense[i]!;
-    if (r !== w) chain.writeFrom(r.subarray(0, n));
-    const len = req.responseSize + task.dataInTransferred;
-    // The task lets go of the views; the request's own arrays keep them until its next use (or a device reset).
-    task.dataIn = task.dataOut = NO_BUFFERS;
-    this.#pool.push(req);
-    vring.complete(chain, len);
+    r[10] = req.status;
+    r[11] = response;
+    const sense = req.sense;
+    for (let i = 0; i < senseLen; i++) r[RESPONSE_HEADER_BASE + i] = sense[i]!;
+    if (r !== w) writeHead(chain.writable, r, n);
   }
 
   /** Complete a request that did not reach a unit, with `response` and no sense. */
   #answer(vring: Vring, chain: DescriptorChain, response: number, residual = 0): void {
-    if (chain.writableLength < VirtioScsi.RESPONSE_HEADER_BASE) {
+    if (chain.writableLength < RESPONSE_HEADER_BASE) {
       this.stats.noResponse++;
       this.#guestError('no-response', `queue ${vring.index}: request ${chain.head} has no room for a response; ` +
         'completed with length 0');
       vring.complete(chain, 0);
       return;
     }
-    if (response === ScsiResponse.FAILURE) this.stats.failures++;
+    if (response === FAILURE) this.stats.failures++;
     const r = this.#response;
-    r.fill(0, 0, VirtioScsi.RESPONSE_HEADER_BASE);
+    r.fill(0, 0, RESPONSE_HEADER_BASE);
     put32(r, 4, residual);
     r[11] = response;
-    chain.writeFrom(r.subarray(0, VirtioScsi.RESPONSE_HEADER_BASE));
-    vring.complete(chain, Math.min(chain.writableLength, VirtioScsi.RESPONSE_HEADER_BASE + this.#senseSize));
+    writeHead(chain.writable, r, RESPONSE_HEADER_BASE);
+    vring.complete(chain, Math.min(chain.writableLength, RESPONSE_HEADER_BASE + this.#senseSize));
   }
 
   // ---- control queue ----

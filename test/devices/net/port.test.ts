@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { DeviceServer } from '../../../src/device/server.js';
+import { DeviceServer, type DeviceServerOptions } from '../../../src/device/server.js';
 import { NetPort, type NetPortOptions } from '../../../src/devices/net/port.js';
 import { NetSwitch } from '../../../src/devices/net/switch.js';
+import type { Packet } from '../../../src/devices/net/packet.js';
 import { CtrlAck, CtrlClass, CtrlMac, CtrlMq, CtrlRx } from '../../../src/devices/net/ctrl.js';
 import { decodeNetConfig } from '../../../src/virtio/config.js';
 import { CommonFeature, hasFeature, NetFeature } from '../../../src/virtio/constants.js';
@@ -22,12 +23,13 @@ interface Rig {
   connect(i: number, options?: NetGuestOptions): Promise<NetGuest>;
 }
 
-async function withRig(count: number, fn: (rig: Rig) => Promise<void>, portOptions: NetPortOptions = {}): Promise<void> {
+async function withRig(count: number, fn: (rig: Rig) => Promise<void>, portOptions: NetPortOptions = {},
+  serverOptions: Partial<DeviceServerOptions> = {}): Promise<void> {
   const { dir, cleanup } = tempDir('vhost-net-test-');
   const sw = new NetSwitch({ autoSweep: false });
   const ports = Array.from({ length: count }, (_, i) => new NetPort(sw, { name: `p${i}`, mac: MAC[i], ...portOptions }));
   const sockets = ports.map((_, i) => path.join(dir, `p${i}.sock`));
-  const servers = ports.map((p, i) => new DeviceServer(p, { socketPath: sockets[i] }).listen());
+  const servers = ports.map((p, i) => new DeviceServer(p, { ...serverOptions, socketPath: sockets[i] }).listen());
   const guests: NetGuest[] = [];
   const rig: Rig = {
     sw, ports, sockets, servers, guests,
@@ -373,8 +375,8 @@ test('multiqueue: VQ_PAIRS_SET chooses the pairs in use; frames from every tx qu
   }, { queuePairs: 2 });
 });
 
-test('a busy transmit ring is polled with kicks off, and asks for kicks again once idle', async () => {
-  await withRig(2, async ({ connect }) => {
+test('the framework polls transmit rings (kicks off while busy, on again once idle), never receive rings', async () => {
+  await withRig(2, async ({ connect, servers }) => {
     const a = await connect(0, { refuse: [CommonFeature.EVENT_IDX], queueSize: 256 });
     const b = await connect(1, { queueSize: 256, rxBufferSize: 256 });
     const sends = [];
@@ -386,12 +388,96 @@ test('a busy transmit ring is polled with kicks off, and asks for kicks again on
     await b.waitFrames(600);
     assert.deepEqual(tags(b), Array.from({ length: 600 }, (_, i) => i));
     // VRING_USED_F_NO_NOTIFY (1) goes again when the ring has been idle for the poll window.
-    await waitUntil(() => a.driver.queue(1).readUsedFlags() === 0, 5000, 'kicks requested again');
+    await waitUntil(() => a.driver.queue(1).readUsedFlags() === 0 && !servers[0]!.backend!.poller.polling, 5000,
+      'kicks requested again');
     await a.send(testFrame(MAC[1]!, MAC[0]!, 1000));
     await b.waitFrames(601);
     assert.equal(tagOf(b.received[600]!.frame), 1000);
-    // Receive rings never ask for kicks: frames are written when they arrive.
+    // Receive rings never ask for kicks, polling or not: frames are written when they arrive.
     assert.equal(b.driver.queue(0).readUsedFlags() & 1, 0, 'b negotiated EVENT_IDX: no flag, avail_event instead');
     assert.equal(a.driver.queue(0).readUsedFlags(), 1);
-  }, { busyPollUs: 2000 });
+    const port = servers[0]!.device as NetPort;
+    assert.equal(port.pollQueue(0), false);
+    assert.equal(port.pollQueue(1), true);
+    assert.equal(port.pollQueue(2), false, 'the control queue');
+  }, {}, { pollUs: 2000 });
+});
+
+test('a transmit pass takes at most txBurst chains; the rest follows without another kick', async () => {
+  await withRig(2, async ({ connect, ports }) => {
+    const a = await connect(0, { queueSize: 64 });
+    const b = await connect(1, { queueSize: 64 });
+    // Made available together, one kick: passes of 4, continued on later event-loop turns.
+    const sends = [];
+    for (let i = 0; i < 40; i++) sends.push(a.send(testFrame(MAC[1]!, MAC[0]!, i)));
+    await Promise.all(sends);
+    await b.waitFrames(40);
+    assert.deepEqual(tags(b), Array.from({ length: 40 }, (_, i) => i));
+    assert.equal(ports[0]!.stats.txPackets, 40);
+  }, { txBurst: 4 });
+});
+
+test('a frame split over transmit descriptors arrives whole, also into receive chains that split the header', async () => {
+  await withRig(2, async ({ connect }) => {
+    const a = await connect(0);
+    const b = await connect(1, { rxBuffers: 0 });
+    const ram = b.driver.ram;
+    // Receive chains of three buffers: the 12-byte header straddles the first two.
+    const rx = [0, 1].map(() => {
+      const parts = [5, 9, 2048].map((len) => ({ addr: ram.alloc(len, 4), len }));
+      return { parts, done: b.driver.submit(0, [], parts) };
+    });
+    const frames = [testFrame(MAC[1]!, MAC[0]!, 1, 1400), testFrame(MAC[1]!, MAC[0]!, 2, 60)];
+    for (const frame of frames) {
+      // Header alone, then the frame in three pieces at odd offsets (not word-aligned with the receive side).
+      const hdr = a.driver.ram.alloc(12, 8);
+      a.driver.ram.bytes(hdr, 12).fill(0);
+      const cuts = [0, 7, Math.min(300, frame.length - 10), frame.length];
+      const pieces = cuts.slice(1).map((end, i) => {
+        const len = end - cuts[i]!;
+        const addr = a.driver.ram.alloc(len + 3, 4) + 3;
+        a.driver.ram.bytes(addr, len).set(frame.subarray(cuts[i]!, end));
+        return { addr, len };
+      });
+      await a.driver.submit(1, [{ addr: hdr, len: 12 }, ...pieces], []);
+    }
+    for (let i = 0; i < 2; i++) {
+      const len = await rx[i]!.done;
+      assert.equal(len, 12 + frames[i]!.length);
+      const bytes = Buffer.concat(rx[i]!.parts.map((p) => Buffer.from(ram.bytes(p.addr, p.len))));
+      assert.deepEqual([...bytes.subarray(0, 12)], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], 'header, num_buffers 1');
+      assert.deepEqual(bytes.subarray(12, len), frames[i]);
+    }
+  });
+});
+
+test('what one transmit pass delivers is published once per receiver, not per frame', async () => {
+  await withRig(1, async ({ connect, sw, ports }) => {
+    const got: number[] = [];
+    let publishes = 0;
+    let dirty = false;
+    // A receiver that defers publishing, as a guest port does.
+    const sink = {
+      name: 'sink',
+      receive(packet: Packet) {
+        got.push(tagOf(packet.frame));
+        if (!dirty) {
+          dirty = true;
+          sw.deferPublish(sink);
+        }
+      },
+      publish() {
+        dirty = false;
+        publishes++;
+      },
+    };
+    sw.addPort(sink);
+    const a = await connect(0);
+    const sends = [];
+    for (let i = 0; i < 10; i++) sends.push(a.send(testFrame(BCAST, MAC[0]!, i)));
+    await Promise.all(sends);
+    assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.equal(ports[0]!.stats.txPackets, 10);
+    assert.equal(publishes, 1, 'ten frames made available together: one pass, one publish');
+  });
 });

@@ -17,8 +17,8 @@ class FakePort implements SwitchPort {
 
 function packetOf(frame: Uint8Array): Packet {
   const p = new Packet();
-  p.reset(frame.length);
   p.buffer.set(frame);
+  p.reset(frame.length);
   return p;
 }
 

@@ -82,8 +82,8 @@ test('uplink: a frame the fd will not take is dropped and counted, never queued'
     const p = new Packet();
     const frame = testFrame('ff:ff:ff:ff:ff:ff', A, 1, 1400);
     for (let i = 0; i < 2000; i++) {
-      p.reset(frame.length);
       p.buffer.set(frame);
+      p.reset(frame.length);
       sw.forward(sender, p);
     }
     const s = uplink.stats.snapshot();

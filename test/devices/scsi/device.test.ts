@@ -3,12 +3,14 @@ import assert from 'node:assert/strict';
 import { MemoryStorage } from '../../../src/devices/blk/storage/memory.js';
 import { ScsiDevice } from '../../../src/devices/scsi/device.js';
 import {
-  ControlType, EventType, ResetReason, ScsiResponse, TmfSubtype, VirtioScsi, decodeLun, encodeLunField, lunTarget,
+  ControlType, EventType, ResetReason, ScsiResponse, TmfSubtype, VirtioScsi, decodeLun, decodeResponseHeader, encodeLunField,
+  encodeRequestHeader, lunTarget,
 } from '../../../src/devices/scsi/protocol.js';
 import { ProtocolFeature } from '../../../src/protocol/constants.js';
 import { ScsiBus } from '../../../src/scsi/bus.js';
 import { Sense, ScsiStatus, WLUN_REPORT_LUNS } from '../../../src/scsi/constants.js';
 import { LogicalUnit } from '../../../src/scsi/logical-unit.js';
+import { decodeFixedSense } from '../../../src/scsi/sense.js';
 import { CommonFeature, ScsiFeature, featureMask, hasFeature } from '../../../src/virtio/constants.js';
 import { waitUntil } from '../../helpers/tmp.js';
 import { Cdb, TestStorage, pattern } from '../../scsi/helpers.js';
@@ -437,5 +439,115 @@ test('a disabled request ring is left alone until it is enabled again (commands 
     await c.driver.frontend.setVringEnable(2, true);
     assertGood(await w);
     assert.equal(unit.stats.writes, 1);
+  });
+});
+
+test('request state is pooled: sequential commands hand the storage the same list of data views', async () => {
+  const storage = new TestStorage(new MemoryStorage({ size: 4 * MiB }));
+  const unit = new LogicalUnit({ storage });
+  await withScsi({ bus: busWith([0, 0, unit]) }, async ({ connect }) => {
+    const c = await connect();
+    const lists = new Set<readonly Uint8Array[]>();
+    for (let i = 0; i < 20; i++) {
+      const data = pattern(4096, i);
+      assertGood(await c.command(0, 0, Cdb.write10(8 * i, 8), { out: data }));
+      lists.add(storage.lastBuffers);
+      const r = await c.command(0, 0, Cdb.read16(8 * i, 8), { in: 4096 });
+      assertGood(r);
+      assert.deepEqual(r.data, Buffer.from(data));
+      lists.add(storage.lastBuffers);
+    }
+    // One request object serves every command in turn: its data-out list and its data-in list.
+    assert.equal(lists.size, 2);
+    // Four at a time: at most four request objects, each with its two lists.
+    const many = await Promise.all([0, 1, 2, 3].map(async (i) => {
+      const r = await c.command(0, 0, Cdb.read10(8 * i, 8), { in: 4096 });
+      return { r, list: storage.lastBuffers };
+    }));
+    for (const { r } of many) assertGood(r);
+    assert.ok(new Set(many.map((m) => m.list)).size <= 4);
+  });
+});
+
+test('a request header split across buffers, a response in pieces, sense included; cdb_size 10', async () => {
+  await withScsi({ bus: busWith([0, 0, memoryUnit()]) }, async ({ connect }) => {
+    const c = await connect();
+    const data = pattern(1024, 3);
+    assertGood(await c.command(0, 0, Cdb.write10(4, 2), { out: data }));
+    const split = async (cdb: number[], inSizes: number[], responseParts: number[]) => {
+      const header = encodeRequestHeader(encodeLunField(0, 0, true), 77, cdb, c.cdbSize);
+      const parts = [header.subarray(0, 10), header.subarray(10, 20), header.subarray(20)].map((p) => c.put(p));
+      const resp = responseParts.map((n) => c.alloc(n, 1, 0xee));
+      const ins = inSizes.map((n) => c.alloc(n, 8, 0xee));
+      const len = await c.driver.submit(2, parts, [...resp, ...ins]);
+      const raw = Buffer.concat(resp.map((r) => Buffer.from(c.view(r))));
+      return { len, hdr: decodeResponseHeader(raw), data: Buffer.concat(ins.map((r) => Buffer.from(c.view(r)))) };
+    };
+    const ok = await split(Cdb.read10(4, 2), [1024], [5, 7, RESPONSE - 12]);
+    assert.equal(ok.len, RESPONSE + 1024);
+    assert.deepEqual([ok.hdr.response, ok.hdr.status, ok.hdr.senseLen, ok.hdr.residual], [ScsiResponse.OK, ScsiStatus.GOOD, 0, 0]);
+    assert.deepEqual(ok.data, Buffer.from(data));
+    const bad = await split(Cdb.read10(0xfffffff0, 1), [512], [3, 20, RESPONSE - 23]);
+    assert.equal(bad.hdr.status, ScsiStatus.CHECK_CONDITION);
+    assert.equal(bad.hdr.senseLen, 18);
+    assert.equal(bad.hdr.residual, 512);
+    const sense = decodeFixedSense(bad.hdr.sense);
+    assert.deepEqual([sense.key, sense.asc], [Sense.LBA_OUT_OF_RANGE.key, Sense.LBA_OUT_OF_RANGE.asc]);
+    // A 10-byte cdb_size: a 29-byte header, data-out right behind it in the same buffer.
+    await c.driver.frontend.setConfig(VirtioScsi.CDB_SIZE_OFFSET, Uint8Array.of(10, 0, 0, 0));
+    c.cdbSize = 10;
+    const fresh = pattern(512, 8);
+    const header = encodeRequestHeader(encodeLunField(0, 0, true), 78, Cdb.write10(20, 1), 10);
+    const joined = new Uint8Array(header.byteLength + 512);
+    joined.set(header);
+    joined.set(fresh, header.byteLength);
+    const resp = c.alloc(RESPONSE, 8, 0xee);
+    assert.equal(await c.driver.submit(2, [c.put(joined)], [resp]), RESPONSE);
+    assert.equal(decodeResponseHeader(c.view(resp)).status, ScsiStatus.GOOD);
+    const back = await c.command(0, 0, Cdb.read10(20, 1), { in: 512 });
+    assertGood(back);
+    assert.deepEqual(back.data, Buffer.from(fresh));
+  });
+});
+
+test('the framework may poll the control and request queues, not the event queue', () => {
+  const device = new ScsiDevice({ numQueues: 2 });
+  assert.deepEqual([0, 1, 2, 3].map((i) => device.pollQueue(i)), [true, false, true, true]);
+  device.dispose();
+});
+
+/** A unit with a bug: it throws from execute, after running the command (`after`) or before. */
+class ThrowingUnit extends LogicalUnit {
+  after = true;
+  armed = false;
+
+  override execute(task: Parameters<LogicalUnit['execute']>[0]): void {
+    if (this.armed && !this.after) throw new Error('bug before');
+    super.execute(task);
+    if (this.armed) throw new Error('bug after');
+  }
+}
+
+// The timeout only turns a broken ring (requests that never come back) into a failure instead of a hang.
+test('a bug after a command completed does not complete its chain twice; a bug before answers it with length 0', { timeout: 20_000 }, async () => {
+  const unit = new ThrowingUnit({ storage: new MemoryStorage({ size: MiB }) });
+  const errors: string[] = [];
+  const log = { error: (m: string) => errors.push(m), warn() {}, info() {}, debug() {}, enabled: () => false, child: () => log };
+  await withScsi({ bus: busWith([0, 0, unit]), logger: log }, async ({ connect }) => {
+    const c = await connect();
+    const data = pattern(512, 5);
+    assertGood(await c.command(0, 0, Cdb.write10(1, 1), { out: data }));
+    unit.armed = true;
+    const r = await c.command(0, 0, Cdb.read10(1, 1), { in: 512 });
+    assertGood(r, 'the response the command wrote');
+    assert.equal(r.len, RESPONSE + 512);
+    assert.deepEqual(r.data, Buffer.from(data));
+    unit.after = false;
+    const header = c.put(encodeRequestHeader(encodeLunField(0, 0, true), 9, Cdb.read10(1, 1)));
+    assert.equal(await c.driver.submit(2, [header], [c.alloc(RESPONSE, 8, 0xee), c.alloc(512, 8, 0xee)]), 0);
+    assert.equal(errors.length, 2);
+    unit.armed = false;
+    // The ring goes on: every head came back exactly once (a second completion would break the driver's ring).
+    for (let i = 0; i < 8; i++) assertGood(await c.command(0, 0, Cdb.read10(1, 1), { in: 512 }));
   });
 });

@@ -1,0 +1,139 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { HEAD_BYTES, Packet } from '../../../src/devices/net/packet.js';
+
+/** A frame in guest-like memory, split over views the way a driver may hand it over. */
+function guestFrame(len: number, cuts: number[], offset = 12): { views: Uint8Array[]; bytes: Uint8Array } {
+  const mem = new Uint8Array(new SharedArrayBuffer(offset + len + 64));
+  const bytes = Uint8Array.from({ length: len }, (_, i) => (i * 31 + 9) & 0xff);
+  mem.set(bytes, offset);
+  const edges = [0, ...cuts, offset + len];
+  const views = edges.slice(1).map((end, i) => mem.subarray(edges[i]!, end));
+  return { views, bytes };
+}
+
+function key(bytes: Uint8Array, at: number): number {
+  return bytes.subarray(at, at + 6).reduce((k, b) => k * 256 + b, 0);
+}
+
+test('a guest frame is attached, not copied: its addresses are read, the rest comes from the sender\'s views', () => {
+  for (const cuts of [[], [5], [12], [20, 21], [23, 24], [40, 41], [12, 200, 1000]]) {
+    const { views, bytes } = guestFrame(1514, cuts);
+    const p = new Packet();
+    p.attach(views, 12, 1514);
+    assert.equal(p.length, 1514);
+    assert.equal(p.dstKey, key(bytes, 0));
+    assert.equal(p.srcKey, key(bytes, 6));
+    assert.equal(p.multicast, (bytes[0]! & 1) === 1);
+    for (const pulled of [false, true]) {
+      if (pulled) {
+        p.pull(HEAD_BYTES);
+        assert.equal(p.headLength, HEAD_BYTES);
+        assert.deepEqual([...p.buffer.subarray(0, HEAD_BYTES)], [...bytes.subarray(0, HEAD_BYTES)]);
+      }
+      // Any range, straddling the addresses, the head and the views' edges, short and long, into plain and
+      // shared memory.
+      for (const [from, n] of [[0, 1514], [0, 14], [0, 64], [3, 5], [100, 60], [13, 1], [HEAD_BYTES, 1], [1000, 514], [7, 1200]] as const) {
+        for (const out of [new Uint8Array(1600), new Uint8Array(new SharedArrayBuffer(1601), 1)]) {
+          out.fill(0xcc);
+          p.copyTo(out, 3, from, n);
+          assert.deepEqual([...out.subarray(3, 3 + n)], [...bytes.subarray(from, from + n)], `cuts ${cuts} ${from}+${n}`);
+          assert.equal(out[2], 0xcc);
+          assert.equal(out[3 + n], 0xcc);
+        }
+      }
+    }
+    assert.deepEqual([...p.frame], [...bytes], 'materialized');
+    assert.equal(p.headLength, 1514);
+  }
+});
+
+test('decisions rest on the addresses read at attach: a guest rewriting its buffer changes only the rest', () => {
+  const { views, bytes } = guestFrame(600, []);
+  const p = new Packet();
+  p.attach(views, 12, 600);
+  views[0]!.fill(0xff, 12, 12 + 600);
+  assert.equal(p.dstKey, key(bytes, 0));
+  assert.equal(p.srcKey, key(bytes, 6));
+  assert.equal(p.multicast, (bytes[0]! & 1) === 1);
+  const out = new Uint8Array(600);
+  p.copyTo(out, 0, 0, 600);
+  assert.deepEqual([...out.subarray(0, 12)], [...bytes.subarray(0, 12)], 'the addresses as decided');
+  assert.ok(out.subarray(12).every((b) => b === 0xff), 'the rest from the buffer as it is now');
+  p.attach(views, 12, 600);
+  assert.equal(p.dstKey, 0xffff_ffff_ffff);
+  assert.equal(p.multicast, true);
+});
+
+test('addresses split over buffers are gathered; release forgets the views; reset reads the buffer', () => {
+  const { views, bytes } = guestFrame(80, [16, 18]);
+  const p = new Packet();
+  p.attach(views, 12, 80);
+  assert.equal(p.dstKey, key(bytes, 0));
+  assert.equal(p.srcKey, key(bytes, 6));
+  assert.equal(p.headLength, 12);
+  assert.deepEqual([...p.frame], [...bytes]);
+
+  const big = guestFrame(300, []);
+  p.attach(big.views, 12, 300);
+  p.pull(HEAD_BYTES);
+  p.release();
+  // Released with the tail still in the views: the head stays usable, the packet holds no reference.
+  assert.deepEqual([...p.buffer.subarray(0, HEAD_BYTES)], [...big.bytes.subarray(0, HEAD_BYTES)]);
+
+  const small = Uint8Array.from({ length: 64 }, (_, i) => i + 1);
+  p.buffer.set(small, 0);
+  p.reset(64);
+  assert.equal(p.headLength, 64);
+  assert.equal(p.needsCsum, false);
+  assert.equal(p.dstKey, key(small, 0));
+  assert.equal(p.srcKey, key(small, 6));
+  assert.equal(p.multicast, true, '01:02:03:... is a group address');
+  assert.deepEqual([...p.frame], [...small]);
+  assert.throws(() => p.reset(p.buffer.length + 1), RangeError);
+  assert.throws(() => p.attach(big.views, 12, p.buffer.length + 1), RangeError);
+});
+
+test('completing a checksum first copies the whole frame, so the guest\'s buffer is never written', () => {
+  // UDP/IPv4 with the pseudo-header sum (here 0) in the checksum field, checksum left partial.
+  const len = 14 + 20 + 8 + 400;
+  const { views } = guestFrame(len, [200]);
+  const mem = views[0]!;
+  const before = Uint8Array.from([...views[0]!, ...views[1]!]);
+  const p = new Packet();
+  p.attach(views, 12, len);
+  p.needsCsum = true;
+  p.csumStart = 34;
+  p.csumOffset = 6;
+  assert.equal(p.completeChecksum(), true);
+  assert.equal(p.needsCsum, false);
+  assert.equal(p.headLength, len);
+  assert.deepEqual(Uint8Array.from([...views[0]!, ...views[1]!]), before, 'the sender\'s buffer is untouched');
+  assert.notDeepEqual([...p.buffer.subarray(40, 42)], [...mem.subarray(12 + 40, 12 + 42)]);
+});
+
+test('copyWhole: one native copy of the sender\'s buffer when it fits, with the copied head on top', () => {
+  const { views, bytes } = guestFrame(1000, []);
+  const p = new Packet();
+  p.attach(views, 12, 1000);
+  // The sender rewrites its destination address after the switch decided: the receiver gets the decided one.
+  views[0]!.fill(0xab, 12, 18);
+  const dst = new Uint8Array(new SharedArrayBuffer(1100));
+  dst.fill(0x11);
+  assert.equal(p.copyWhole(dst, 14), true);
+  assert.deepEqual([...dst.subarray(14, 1014)], [...bytes]);
+  assert.equal(dst[1014], 0x11, 'nothing past the frame');
+  assert.deepEqual([...dst.subarray(0, 2)], [0x11, 0x11], 'nothing before the sender\'s header');
+  // Where it does not apply, nothing is written.
+  dst.fill(0x22);
+  assert.equal(p.copyWhole(dst, 10), false, 'no room for the sender\'s 12-byte header in front');
+  assert.equal(p.copyWhole(dst.subarray(0, 1011), 12), false, 'no room for the frame');
+  assert.ok(dst.every((b) => b === 0x22));
+  const split = guestFrame(1000, [500]);
+  p.attach(split.views, 12, 1000);
+  assert.equal(p.copyWhole(dst, 12), false, 'the frame is in two pieces');
+  p.attach(views, 12, 1000);
+  p.materialize();
+  assert.equal(p.copyWhole(dst, 12), false, 'materialized: the sender\'s buffer is no longer used');
+  assert.ok(dst.every((b) => b === 0x22));
+});
