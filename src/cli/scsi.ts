@@ -337,8 +337,6 @@ export async function scsiMain(argv: string[]): Promise<number> {
   const targets = intOption(v.targets as string | undefined, 'targets', 1, 1, 256);
   const places = placeLuns(specs, targets);
   const numQueues = intOption(v['num-queues'] as string | undefined, 'num-queues', 1, 1, MAX_REQUEST_QUEUES);
-  // The framework's adaptive polling serves handleChain devices only; virtio-scsi takes its buffers itself.
-  if (v['poll-us'] !== undefined && v['poll-us'] !== '0') throw new UsageError('--poll-us is not supported by vhost-user scsi');
   if (v['socket-path'] !== undefined && v['socket-fd'] !== undefined) throw new UsageError('give exactly one of --socket-path and --socket-fd');
   if (v['socket-path'] === undefined && v['socket-fd'] === undefined) v['socket-path'] = DEFAULT_SOCKET;
   const socketPath = v['socket-path'] === undefined ? undefined : path.resolve(v['socket-path']);
