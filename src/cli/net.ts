@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { type ParseArgsConfig } from 'node:util';
 import { Network, type NetworkPortSpec } from '../devices/net/network.js';
 import { formatMac, parseMac } from '../devices/net/mac.js';
-import { commonHelp, formatQemu, intOption, parseDaemonArgs, qemuMemoryArgs, UsageError } from './daemon.js';
+import { commonHelp, DEFAULT_POLL_US, formatQemu, intOption, parseDaemonArgs, qemuMemoryArgs, UsageError } from './daemon.js';
 import { logger, setLogLevel, LogLevel, type LogLevelName } from '../util/log.js';
 
 const netOptions = {
@@ -173,6 +173,8 @@ async function run(argv: string[]): Promise<number> {
     ports: specs, mtu, queuePairs, maxQueueSize: queueSize, agingMs, socketMode, tap, tapFd, logger: log,
     tapVnetHdr: v['tap-vnet-hdr'] === true,
     reconnectDelayMs: intOption(str(v['reconnect-ms']), 'reconnect-ms', 1000, 1, 3_600_000),
+    pollUs: intOption(str(v['poll-us']), 'poll-us', DEFAULT_POLL_US, 0, 1_000_000),
+    workers: intOption(str(v.workers), 'workers', 0, 0, 64),
   });
   try {
     network.listen();

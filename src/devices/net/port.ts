@@ -301,7 +301,15 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       run: () => {
         state.scheduled = false;
         const vring = this.#rings[index];
-        if (vring !== undefined && vring.started && vring.error === undefined) vring.batch(() => this.#drainTx(vring));
+        if (vring === undefined || !vring.started || vring.error !== undefined) return;
+        const token = vring.beginBatch();
+        try {
+          this.#drainTx(vring);
+        } catch (err) {
+          vring.fail(err as Error);
+        } finally {
+          vring.endBatch(token);
+        }
       },
     };
     return state;
