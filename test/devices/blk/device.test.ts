@@ -535,13 +535,14 @@ for (const type of [BlkRequestType.IN, BlkRequestType.OUT]) {
 }
 
 /**
- * Bytes allocated per request over the best of three windows (allocations of compiled code land in one of
- * them, not in all), counted with v8.GCProfiler: used-heap growth plus what collections freed. Not a timing.
+ * Bytes allocated per request over the best of seven windows (allocations of compiled code and feedback land in
+ * some of them, not in all; a loaded machine spreads them wider), counted with v8.GCProfiler: used-heap growth
+ * plus what collections freed. Not a timing.
  */
 function bytesPerRequest(rig: InProcessBlk, rounds: number, blocks: number): number {
-  for (let i = 0; i < rounds; i++) rig.round(blocks);
+  for (let i = 0; i < 2 * rounds; i++) rig.round(blocks);
   let best = Infinity;
-  for (let w = 0; w < 3; w++) {
+  for (let w = 0; w < 7 && best > 0; w++) {
     const profiler = new v8.GCProfiler();
     const before = v8.getHeapStatistics().used_heap_size;
     profiler.start();
