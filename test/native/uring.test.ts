@@ -8,6 +8,7 @@ import vm from 'node:vm';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { IoUringSetup, native, type IoUring, type SystemError } from '../../src/native/index.js';
+import { needUring } from '../helpers/uring.js';
 
 const indexUrl = new URL('../../src/native/index.js', import.meta.url).href;
 /** Safety net for child processes that would otherwise hang a broken build; not a performance bound. */
@@ -19,28 +20,6 @@ function getGc(): () => void {
   return vm.runInNewContext('gc') as () => void;
 }
 const gc = getGc();
-
-/**
- * io_uring can be blocked (a container's seccomp profile, the io_uring_disabled sysctl). Then the tests that need
- * it skip, loudly, unless VHOST_USER_REQUIRE_IO_URING=1 makes that a failure.
- */
-const uringUnavailable = ((): string | null => {
-  try {
-    native.ioUring(1, () => {}).close();
-    return null;
-  } catch (err) {
-    return (err as Error).message;
-  }
-})();
-
-function needUring(t: TestContext): boolean {
-  if (uringUnavailable === null) return true;
-  const message = `io_uring is unavailable here: ${uringUnavailable}`;
-  if (process.env['VHOST_USER_REQUIRE_IO_URING'] === '1') throw new Error(`${message} (VHOST_USER_REQUIRE_IO_URING=1)`);
-  process.stderr.write(`\n*** ${message} ***\n`);
-  t.skip(message);
-  return false;
-}
 
 /** Completions as [slot, res] pairs, from `submit(true)` and then from the callback until `want` arrived. */
 class Collector {

@@ -11,31 +11,10 @@ import { native, type SystemError } from '../../../src/native/index.js';
 import { setLogSink, type Logger } from '../../../src/util/log.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { pattern } from './helpers.js';
+import { needUring } from '../../helpers/uring.js';
 
 const storageUrl = new URL('../../../src/devices/blk/storage/index.js', import.meta.url).href;
 const ENGINES: FileAio[] = ['threads', 'io_uring'];
-
-/**
- * io_uring can be blocked (a container's seccomp profile, the io_uring_disabled sysctl). Then the tests that need
- * it skip, loudly, unless VHOST_USER_REQUIRE_IO_URING=1 makes that a failure.
- */
-const uringUnavailable = ((): string | null => {
-  try {
-    native.ioUring(1, () => {}).close();
-    return null;
-  } catch (err) {
-    return (err as Error).message;
-  }
-})();
-
-function needUring(t: TestContext): boolean {
-  if (uringUnavailable === null) return true;
-  const message = `io_uring is unavailable here: ${uringUnavailable}`;
-  if (process.env['VHOST_USER_REQUIRE_IO_URING'] === '1') throw new Error(`${message} (VHOST_USER_REQUIRE_IO_URING=1)`);
-  process.stderr.write(`\n*** ${message} ***\n`);
-  t.skip(message);
-  return false;
-}
 
 function run(op: (done: (err: Error | null) => void) => void): Promise<void> {
   return new Promise((resolve, reject) => op((err) => (err ? reject(err) : resolve())));
