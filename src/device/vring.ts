@@ -27,6 +27,13 @@ export interface VringOwner {
   broken(vring: Vring, error: Error): void;
 }
 
+/**
+ * Completions published to the driver (used.idx) every this many within a pass, not only at its end: a driver
+ * that polls the used ring then refills while the pass goes on, instead of both sides taking turns. The
+ * interrupt decision still happens once per pass (flush).
+ */
+const PUBLISH_EVERY = 4;
+
 /** A virtqueue's state and its device-facing operations. */
 export class Vring {
   /** Queue index. */
@@ -59,6 +66,8 @@ export class Vring {
   #idleWaiters: (() => void)[] = [];
   #flushScheduled = false;
   #pendingCompletions = 0;
+  /** Completions pushed since used.idx was last published. */
+  #unpublished = 0;
   #processing = false;
   #stopping = false;
   #resubmit: DescriptorChain[] = [];
@@ -272,6 +281,10 @@ export class Vring {
     this.#inflightCount--;
     if (queue && !this.#error) {
       queue.push(chain.head, len);
+      if (++this.#unpublished >= PUBLISH_EVERY) {
+        this.#unpublished = 0;
+        queue.publish();
+      }
       this.#pendingCompletions++;
       if (!this.#processing && !this.#flushScheduled) {
         this.#flushScheduled = true;
@@ -290,6 +303,7 @@ export class Vring {
     const queue = this.#queue;
     if (!queue || this.#pendingCompletions === 0) return;
     this.#pendingCompletions = 0;
+    this.#unpublished = 0;
     if (queue.flush()) this.notify();
   }
 

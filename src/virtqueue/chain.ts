@@ -11,12 +11,6 @@ const TWO_32 = 2 ** 32;
 /** Descriptor addresses with a high word at or above this are >= 2^53: out of range for us. */
 const HI_LIMIT = 2 ** 21;
 
-/** Module-private writer of a pooled chain's fields (set up by the class's static block). */
-let fillChain: (chain: DescriptorChain, head: number, readableLength: number, writableLength: number,
-  descriptorCount: number) => void;
-/** Module-private access to the region each view of a chain came from (null: not known), for view reuse. */
-let regionsOf: (chain: DescriptorChain, writable: boolean) => (MemoryRegion | null)[];
-
 /**
  * One available buffer: the device-readable part followed by the device-writable part, as views straight into
  * guest memory (no copies). A buffer that crosses from one memory region into the adjacent one is two views.
@@ -35,24 +29,30 @@ export class DescriptorChain {
   readonly readable: Uint8Array[];
   /** Device-writable views, in order. Owned by the chain: reused in place when the chain is. */
   readonly writable: Uint8Array[];
+  /**
+   * Byte length of each {@link readable} view, as numbers: reading these is cheaper than a view's `byteLength`
+   * (an engine call), which matters on per-request paths. Owned by the chain like the views.
+   */
+  readonly readableLengths: number[] = [];
+  /** Byte length of each {@link writable} view (see {@link readableLengths}). */
+  readonly writableLengths: number[] = [];
+  /**
+   * The guest-memory region each {@link readable} view lies in, or null when not known (a chain built from
+   * views, or a buffer split where it crosses from one region into the next). With {@link readableOffsets} it
+   * lets a device read small fields in place through the region's word view. The walker also uses it to reuse a
+   * view when its region and place are unchanged (comparing `view.buffer` would cost an engine call per view).
+   */
+  readonly readableRegions: (MemoryRegion | null)[] = [];
+  /** The region of each {@link writable} view (see {@link readableRegions}). */
+  readonly writableRegions: (MemoryRegion | null)[] = [];
+  /** Where each {@link readable} view starts in its region's `buffer` (-1 when its region is null). */
+  readonly readableOffsets: number[] = [];
+  /** Where each {@link writable} view starts in its region's `buffer` (-1 when its region is null). */
+  readonly writableOffsets: number[] = [];
   #head: number;
   #readableLength: number;
   #writableLength: number;
   #descriptorCount: number;
-  // The region of each view, as the walker found it: a view is reused when its region and place are unchanged.
-  // (Comparing `view.buffer` instead would cost a call into the engine's C++ per view.)
-  readonly #readableRegions: (MemoryRegion | null)[] = [];
-  readonly #writableRegions: (MemoryRegion | null)[] = [];
-
-  static {
-    fillChain = (chain, head, readableLength, writableLength, descriptorCount) => {
-      chain.#head = head;
-      chain.#readableLength = readableLength;
-      chain.#writableLength = writableLength;
-      chain.#descriptorCount = descriptorCount;
-    };
-    regionsOf = (chain, writable) => (writable ? chain.#writableRegions : chain.#readableRegions);
-  }
 
   /**
    * A chain over given views (tests, and devices that build chains themselves). Lengths default to the views'
@@ -63,6 +63,24 @@ export class DescriptorChain {
     descriptorCount = readable.length + writable.length) {
     this.readable = readable;
     this.writable = writable;
+    for (let i = 0; i < readable.length; i++) {
+      this.readableLengths.push(readable[i]!.byteLength);
+      this.readableRegions.push(null);
+      this.readableOffsets.push(-1);
+    }
+    for (let i = 0; i < writable.length; i++) {
+      this.writableLengths.push(writable[i]!.byteLength);
+      this.writableRegions.push(null);
+      this.writableOffsets.push(-1);
+    }
+    this.#head = head;
+    this.#readableLength = readableLength;
+    this.#writableLength = writableLength;
+    this.#descriptorCount = descriptorCount;
+  }
+
+  /** The walker's refill of a pooled chain (not for devices). @internal */
+  refill(head: number, readableLength: number, writableLength: number, descriptorCount: number): void {
     this.#head = head;
     this.#readableLength = readableLength;
     this.#writableLength = writableLength;
@@ -121,14 +139,15 @@ export class DescriptorChain {
   writeByte(offset: number, value: number): boolean {
     if (!(Number.isInteger(offset) && offset >= 0 && offset < this.#writableLength)) return false;
     const w = this.writable;
+    const lengths = this.writableLengths;
     let skip = offset;
     for (let i = 0; i < w.length; i++) {
-      const v = w[i]!;
-      if (skip < v.byteLength) {
-        v[skip] = value;
+      const n = lengths[i]!;
+      if (skip < n) {
+        w[i]![skip] = value;
         return true;
       }
-      skip -= v.byteLength;
+      skip -= n;
     }
     return false;
   }
@@ -202,8 +221,12 @@ export class ChainWalker {
   walk(head: number, chain: DescriptorChain = new DescriptorChain(head)): DescriptorChain {
     const readable = chain.readable;
     const writable = chain.writable;
-    const readableRegions = regionsOf(chain, false);
-    const writableRegions = regionsOf(chain, true);
+    const readableRegions = chain.readableRegions;
+    const writableRegions = chain.writableRegions;
+    const readableOffsets = chain.readableOffsets;
+    const writableOffsets = chain.writableOffsets;
+    const readableLengths = chain.readableLengths;
+    const writableLengths = chain.writableLengths;
     if (this.mem.generation !== this.#cacheGeneration) this.#clearCache();
     let nr = 0;
     let nw = 0;
@@ -262,7 +285,7 @@ export class ChainWalker {
       // #append returns the new number of views, or -1 - (first unbacked address).
       let r: number;
       if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
-        r = hi >= HI_LIMIT ? -1 - addr : this.#append(writable, writableRegions, nw, addr, len);
+        r = hi >= HI_LIMIT ? -1 - addr : this.#append(writable, writableRegions, writableOffsets, writableLengths, nw, addr, len);
         if (r >= 0) nw = r;
         writeLen += len;
       } else {
@@ -270,7 +293,7 @@ export class ChainWalker {
           throw new ChainError(ChainErrorKind.READ_AFTER_WRITE, `chain ${head}: readable descriptor ${i} after a ` +
             'writable one', head);
         }
-        r = hi >= HI_LIMIT ? -1 - addr : this.#append(readable, readableRegions, nr, addr, len);
+        r = hi >= HI_LIMIT ? -1 - addr : this.#append(readable, readableRegions, readableOffsets, readableLengths, nr, addr, len);
         if (r >= 0) nr = r;
         readLen += len;
       }
@@ -290,25 +313,31 @@ export class ChainWalker {
     // Trimmed, not emptied first: emptying an array drops its storage, and then refilling it allocates.
     if (readable.length !== nr) readable.length = nr;
     if (writable.length !== nw) writable.length = nw;
-    if (readableRegions.length > nr) readableRegions.length = nr;
-    if (writableRegions.length > nw) writableRegions.length = nw;
-    fillChain(chain, head, readLen, writeLen, count);
+    if (readableRegions.length !== nr) {
+      readableRegions.length = nr;
+      readableOffsets.length = nr;
+      readableLengths.length = nr;
+    }
+    if (writableRegions.length !== nw) {
+      writableRegions.length = nw;
+      writableOffsets.length = nw;
+      writableLengths.length = nw;
+    }
+    chain.refill(head, readLen, writeLen, count);
     return chain;
   }
 
   /**
-   * Put the view(s) of guest `[addr, addr + len)` at `list[n]` on (addr < 2^53, len > 0), and their regions at
-   * `regions[n]` on. Returns the new count, or -1 - (the first unbacked address).
+   * Put the view(s) of guest `[addr, addr + len)` at `list[n]` on (addr < 2^53, len > 0), and their regions,
+   * buffer offsets and lengths at `regions[n]`, `offsets[n]`, `lengths[n]` on. Returns the new count, or -1 - (the first unbacked address).
    */
-  #append(list: Uint8Array[], regions: (MemoryRegion | null)[], n: number, addr: number, len: number): number {
+  #append(list: Uint8Array[], regions: (MemoryRegion | null)[], offsets: number[], lengths: number[], n: number,
+    addr: number, len: number): number {
     const r = this.mem.gpaRegion(addr, len);
-    if (r === undefined) return this.#appendSplit(list, regions, n, addr, len);
+    if (r === undefined) return this.#appendSplit(list, regions, offsets, lengths, n, addr, len);
     const off = r.mmapOffset + (addr - r.guestPhysAddr);
-    // The view this chain had here last time (`regions` is never longer than `list`).
-    if (n < regions.length && regions[n] === r) {
-      const old = list[n]!;
-      if (old.byteOffset === off && old.byteLength === len) return n + 1;
-    }
+    // The view this chain had here last time (the four lists are always equally long).
+    if (n < regions.length && regions[n] === r && offsets[n] === off && lengths[n] === len) return n + 1;
     // Fibonacci hashing of the low 32 bits of the offset, mixed with the length.
     const k = Math.imul((off ^ Math.imul(len, 0x85ebca6b)) | 0, 0x9e3779b1) >>> this.#cacheShift;
     let v: Uint8Array;
@@ -323,19 +352,25 @@ export class ChainWalker {
     }
     list[n] = v;
     regions[n] = r;
+    offsets[n] = off;
+    lengths[n] = len;
     return n + 1;
   }
 
   /** The rare case of {@link #append}: a buffer crossing into the adjacent region, or a hole. */
-  #appendSplit(list: Uint8Array[], regions: (MemoryRegion | null)[], n: number, addr: number, len: number): number {
+  #appendSplit(list: Uint8Array[], regions: (MemoryRegion | null)[], offsets: number[], lengths: number[], n: number,
+    addr: number, len: number): number {
     const parts = this.#parts;
     parts.length = 0;
     const hole = this.mem.gpaAppendSlices(addr, len, parts);
     if (hole >= 0) return -1 - hole;
     for (let j = 0; j < parts.length; j++) {
-      list[n] = parts[j]!;
+      const part = parts[j]!;
+      list[n] = part;
       // Not reused next time: a fresh view per walk for this rare case.
       regions[n] = null;
+      offsets[n] = -1;
+      lengths[n] = part.byteLength;
       n++;
     }
     return n;

@@ -46,8 +46,12 @@ export class SplitQueue {
   #hasEventFields = false;
 
   #lastAvail = 0;
+  // avail.idx as last read: chains up to it are popped without another Atomics load (a builtin call, not
+  // inlined), which matters when a pass takes dozens. Equal to #lastAvail whenever that is set from outside.
+  #availSeen = 0;
   #usedIdx = 0; // next used index to fill
   #published = 0; // used.idx as last published
+  #signalled = 0; // used.idx when the driver's wish for an interrupt was last checked (flush)
   #notify = true;
   #error: ChainError | null = null;
   #inflight: InflightQueue | null = null;
@@ -141,7 +145,7 @@ export class SplitQueue {
     this.#unmap();
     this.#addrs = null;
     this.#map(mem, { desc: addrs.desc, avail: addrs.avail, used: addrs.used });
-    this.#usedIdx = this.#published = Atomics.load(this.#usedU16!, 1);
+    this.#usedIdx = this.#published = this.#signalled = Atomics.load(this.#usedU16!, 1);
   }
 
   /**
@@ -156,6 +160,7 @@ export class SplitQueue {
   }
 
   #map(mem: GuestMemory, addrs: RingAddresses): void {
+    this.#availSeen = this.#lastAvail;
     const size = this.size;
     const what = `queue ${this.index}`;
     const ev = this.#eventIdx;
@@ -215,8 +220,10 @@ export class SplitQueue {
     this.#mem = null;
     this.#addrs = null;
     this.#lastAvail = 0;
+    this.#availSeen = 0;
     this.#usedIdx = 0;
     this.#published = 0;
+    this.#signalled = 0;
     this.#notify = true;
     this.#error = null;
     this.#inflight = null;
@@ -239,6 +246,7 @@ export class SplitQueue {
   set lastAvailIdx(idx: number) {
     if (!Number.isInteger(idx) || idx < 0 || idx > 0xffff) throw new RangeError(`avail index ${idx} is not a u16`);
     this.#lastAvail = idx;
+    this.#availSeen = idx;
   }
 
   /** The next used ring index to fill (includes pushes not yet flushed), u16. */
@@ -285,8 +293,10 @@ export class SplitQueue {
   pending(): number {
     const avail = this.#avail;
     if (avail === null || this.#error !== null) return 0;
-    const n = (Atomics.load(avail, 1) - this.#lastAvail) & 0xffff;
+    const idx = Atomics.load(avail, 1);
+    const n = (idx - this.#lastAvail) & 0xffff;
     if (n > this.size) this.#jump(n);
+    this.#availSeen = idx;
     return n;
   }
 
@@ -308,15 +318,19 @@ export class SplitQueue {
     const avail = this.#avail;
     if (avail === null || this.#error !== null) return null;
     const last = this.#lastAvail;
-    let n = (Atomics.load(avail, 1) - last) & 0xffff;
-    if (n === 0) {
-      if (!this.#eventIdx || !this.#notify) return null;
-      // Ask for a kick at the next buffer, then look again: the driver may have added one before seeing it.
-      Atomics.store(this.#usedU16!, 2 + 4 * this.size, last);
-      n = (Atomics.load(avail, 1) - last) & 0xffff;
-      if (n === 0) return null;
+    if (last === this.#availSeen) {
+      let idx = Atomics.load(avail, 1);
+      if (idx === last) {
+        if (!this.#eventIdx || !this.#notify) return null;
+        // Ask for a kick at the next buffer, then look again: the driver may have added one before seeing it.
+        Atomics.store(this.#usedU16!, 2 + 4 * this.size, last);
+        idx = Atomics.load(avail, 1);
+        if (idx === last) return null;
+      }
+      const n = (idx - last) & 0xffff;
+      if (n > this.size) this.#jump(n);
+      this.#availSeen = idx;
     }
-    if (n > this.size) this.#jump(n);
     const head = avail[2 + (last & this.#mask)]!;
     if (head >= this.size) {
       this.#fail(new ChainError(ChainErrorKind.HEAD_OUT_OF_RANGE,
@@ -381,19 +395,36 @@ export class SplitQueue {
   }
 
   /**
-   * Publish the pushed elements (used.idx, with a full fence), then decide whether the driver wants an interrupt:
-   * with EVENT_IDX when the new index passed used_event since the previous flush, else unless the driver set
-   * VRING_AVAIL_F_NO_INTERRUPT. Returns false when nothing was pushed.
+   * Make the pushed elements visible to the driver (used.idx, with a full fence) without deciding about an
+   * interrupt: a device may publish every few completions within a pass, so that a polling driver can reuse
+   * them while the rest of the pass runs, and {@link flush} once at the end. Returns false when nothing was
+   * pushed since the last publication.
    */
-  flush(): boolean {
+  publish(): boolean {
     const usedU16 = this.#usedU16;
-    const avail = this.#avail;
     const newIdx = this.#usedIdx;
     const oldIdx = this.#published;
-    if (usedU16 === null || avail === null || newIdx === oldIdx) return false;
+    if (usedU16 === null || newIdx === oldIdx) return false;
     Atomics.store(usedU16, 1, newIdx);
     this.#published = newIdx;
     this.#inflight?.commitUsed((newIdx - oldIdx) & 0xffff, newIdx);
+    return true;
+  }
+
+  /**
+   * {@link publish}, then decide whether the driver wants an interrupt for everything published since the
+   * previous flush: with EVENT_IDX when used.idx passed used_event in that range, else unless the driver set
+   * VRING_AVAIL_F_NO_INTERRUPT. Returns false when nothing was published since the previous flush.
+   */
+  flush(): boolean {
+    const avail = this.#avail;
+    if (avail === null) return false;
+    this.publish();
+    const newIdx = this.#published;
+    const oldIdx = this.#signalled;
+    if (newIdx === oldIdx) return false;
+    this.#signalled = newIdx;
+    // The used.idx store in publish() was a full fence: used_event / flags are read after it.
     if (this.#eventIdx) return vringNeedEvent(Atomics.load(avail, 2 + this.size), newIdx, oldIdx);
     return (Atomics.load(avail, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
@@ -452,6 +483,7 @@ export class SplitQueue {
       const heads = inflight.pendingHeads(this.#published);
       this.#resubmit = heads;
       this.#lastAvail = (this.#published + heads.length) & 0xffff;
+      this.#availSeen = this.#lastAvail;
     }
     this.#inflight = inflight;
     return this.#resubmit.length;

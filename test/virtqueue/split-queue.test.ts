@@ -188,6 +188,57 @@ test('EVENT_IDX: the old index is the one published by the previous flush', () =
   assert.equal(rig.device.flush(), false); // 3 -> 4, event 2 is behind
 });
 
+test('publish makes entries visible at once; flush decides the interrupt over everything since the last flush', () => {
+  const rig = makeRig(8, { eventIdx: true });
+  rig.driver.setUsedEvent(1);
+  rig.device.push(0, 0);
+  assert.equal(rig.device.publish(), true);
+  assert.equal(rig.driver.readUsedIdx(), 1, 'visible before any flush');
+  assert.equal(rig.device.publish(), false, 'nothing new');
+  rig.device.push(1, 0);
+  assert.equal(rig.device.publish(), true);
+  assert.equal(rig.driver.readUsedIdx(), 2);
+  // used_event 1 was passed by the second publication: the flush still sees it (range 0 -> 2).
+  assert.equal(rig.device.flush(), true);
+  assert.equal(rig.device.flush(), false, 'nothing since');
+  rig.driver.setUsedEvent(3);
+  rig.device.push(2, 0);
+  rig.device.publish();
+  assert.equal(rig.device.flush(), false, '2 -> 3 has not passed used_event 3');
+  rig.device.push(3, 0);
+  assert.equal(rig.device.flush(), true, 'flush publishes what is pushed: 3 -> 4 passes 3');
+  assert.equal(rig.driver.readUsedIdx(), 4);
+
+  // Without EVENT_IDX: a flush after publications notifies unless NO_INTERRUPT.
+  const plain = makeRig(8);
+  plain.device.push(0, 0);
+  plain.device.publish();
+  assert.equal(plain.device.flush(), true);
+  plain.device.push(1, 0);
+  plain.device.publish();
+  plain.driver.writeAvailFlags(VRING_AVAIL_F_NO_INTERRUPT);
+  assert.equal(plain.device.flush(), false);
+});
+
+test('pop takes every chain up to the avail.idx it read, and reads it again only when those run out', () => {
+  const { driver, device } = makeRig(8);
+  for (let i = 0; i < 3; i++) driver.writeDescriptor(i, DATA, 4, WRITE, 0);
+  for (let i = 0; i < 2; i++) driver.writeAvailEntry(i, i);
+  driver.writeAvailIdx(2);
+  assert.equal(device.pop()!.head, 0);
+  // Added after the read: taken once the first two are gone, without waiting for anything else.
+  driver.writeAvailEntry(2, 2);
+  driver.writeAvailIdx(3);
+  assert.equal(device.pop()!.head, 1);
+  assert.equal(device.pop()!.head, 2);
+  assert.equal(device.pop(), null);
+  // SET_VRING_BASE forgets what was read: nothing beyond avail.idx is taken after a base moved back.
+  device.lastAvailIdx = 1;
+  assert.equal(device.pending(), 2);
+  device.lastAvailIdx = 3;
+  assert.equal(device.pop(), null);
+});
+
 test('EVENT_IDX: an empty pop asks for a kick at the next buffer, and the driver honours it', () => {
   const { driver, device } = makeRig(8, { eventIdx: true });
   driver.add([{ addr: DATA, len: 4 }], [], 1);

@@ -393,7 +393,7 @@ export class BlkDevice implements VirtioDevice {
     req.vring = vring;
     req.chain = chain;
     req.status = status;
-    req.statusIndex = status.byteLength - 1;
+    req.statusIndex = chain.writableLengths[w.length - 1]! - 1;
     req.written = 0;
     req.phase = Phase.IO;
     req.sync = false;
@@ -414,7 +414,15 @@ export class BlkDevice implements VirtioDevice {
         stats.bytesRead += len;
         req.written = len;
         if (len === 0) return req.finish(BlkStatus.OK);
-        this.storage.read(sliceViewsInto(req.data, chain.writable, 0, len), h.sector * Blk.SECTOR_SIZE, req.callback);
+        const data = req.data;
+        if (w.length === 2 && chain.writableLengths[0] === len) {
+          // The usual layout, one data buffer and the status byte: no slicing.
+          data[0] = w[0]!;
+          if (data.length !== 1) data.length = 1;
+        } else {
+          sliceViewsInto(data, w, 0, len);
+        }
+        this.storage.read(data, h.sector * Blk.SECTOR_SIZE, req.callback);
         return;
       }
       case BlkRequestType.OUT: {

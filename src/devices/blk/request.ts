@@ -63,10 +63,23 @@ function u32(b: Uint8Array, o: number): number {
  */
 export function readHeader(chain: DescriptorChain, out: BlkHeader, scratch: Uint8Array): boolean {
   if (chain.readableLength < Blk.HEADER_SIZE) return false;
+  if (chain.readableLengths[0]! >= Blk.HEADER_SIZE) {
+    // In place through the region's word view when aligned (the usual case): no byte assembly.
+    const region = chain.readableRegions[0];
+    const off = chain.readableOffsets[0]!;
+    const words = region != null && (off & 3) === 0 && off < TWO_32 ? region.u32 : null;
+    if (words !== null) {
+      // An integer index (`off / 4` would be a float one, which the compiled code boxes).
+      const w = off >>> 2;
+      out.type = words[w]!;
+      out.sector = words[w + 3]! * TWO_32 + words[w + 2]!;
+      return true;
+    }
+  }
   let h = chain.readable[0]!;
-  if (h.byteLength < Blk.HEADER_SIZE) {
+  if (chain.readableLengths[0]! < Blk.HEADER_SIZE) {
     // Only the first 16 bytes of scratch are filled and read.
-    chain.readInto(scratch.byteLength === Blk.HEADER_SIZE ? scratch : scratch.subarray(0, Blk.HEADER_SIZE));
+    chain.readInto(scratch.length === Blk.HEADER_SIZE ? scratch : scratch.subarray(0, Blk.HEADER_SIZE));
     h = scratch;
   }
   out.type = u32(h, 0);

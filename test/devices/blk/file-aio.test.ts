@@ -128,7 +128,7 @@ test('io_uring: I/O errors reach the callback as system errors with errno and sy
     await assert.rejects(run((d) => s.flush(d)), isSys('EBADF', 'fdatasync'));
     await assert.rejects(run((d) => s.discard(0, 4096, d)), isSys('EBADF', 'fallocate'));
     // Views that are not views fail through the callback too, and nothing stays in flight.
-    await assert.rejects(run((d) => s.read([{ byteLength: 4 } as Uint8Array], 0, d)), TypeError);
+    await assert.rejects(run((d) => s.read([{ byteLength: 4, length: 4 } as unknown as Uint8Array], 0, d)), TypeError);
     assert.equal(s.uringStats!.operations >= 4, true);
     await assert.rejects(s.close(), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
     fs.closeSync(saved);

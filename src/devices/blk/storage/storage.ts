@@ -3,6 +3,7 @@
  * every block-like device (virtio-blk now, virtio-scsi later), so nothing here knows about virtio: positions and
  * lengths are in bytes, buffers are plain `Uint8Array` views (in practice views straight into guest memory).
  */
+import { viewsLength } from '../../../util/views.js';
 
 /**
  * Completion of one storage operation: `null` on success. Called exactly once per operation; backends that
@@ -65,11 +66,7 @@ export class StorageError extends Error {
 }
 
 /** Total bytes of a list of views. */
-export function totalLength(buffers: readonly Uint8Array[]): number {
-  let n = 0;
-  for (let i = 0; i < buffers.length; i++) n += buffers[i]!.byteLength;
-  return n;
-}
+export const totalLength = viewsLength;
 
 /**
  * Check that [position, position + length) is a byte range inside `size`; returns the error to report, or
@@ -99,7 +96,7 @@ export function closedError(): StorageError {
  */
 export function skipBytes(buffers: readonly Uint8Array[], n: number): Uint8Array[] {
   let i = 0;
-  while (i < buffers.length && n >= buffers[i]!.byteLength) n -= buffers[i++]!.byteLength;
+  while (i < buffers.length && n >= buffers[i]!.length) n -= buffers[i++]!.length;
   const out = buffers.slice(i);
   if (out.length > 0 && n > 0) out[0] = out[0]!.subarray(n);
   return out;
