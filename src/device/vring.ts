@@ -226,8 +226,9 @@ export class Vring {
   pop(): DescriptorChain | null {
     const queue = this.#queue;
     if (!queue || this.#error || this.#stopping) return null;
-    let chain: DescriptorChain | null | undefined = this.#resubmit.shift();
-    if (chain) {
+    let chain: DescriptorChain | null | undefined;
+    if (this.#resubmit.length > 0) {
+      chain = this.#resubmit.shift()!;
       this.#inflightCount++;
       return chain;
     }

@@ -219,6 +219,100 @@ export class ChainWalker {
    * @throws ChainError for every malformed chain (`chain` is then left partly filled: do not use it).
    */
   walk(head: number, chain: DescriptorChain = new DescriptorChain(head)): DescriptorChain {
+    if (this.mem.generation !== this.#cacheGeneration) this.#clearCache();
+    if (this.#walkDirect(head, chain)) return chain;
+    return this.#walkAny(head, chain);
+  }
+
+  /**
+   * The common case, kept small so that it compiles tight: direct descriptors only, each buffer inside one
+   * region. Returns false, having decided nothing, at the first descriptor that is anything else (indirect,
+   * empty, unbacked, too many, readable after writable, next out of range): {@link #walkAny} then walks the
+   * chain again from the start, with every check and the precise error.
+   */
+  #walkDirect(head: number, chain: DescriptorChain): boolean {
+    const tbl = this.table;
+    const size = this.size;
+    const limit = this.maxChainLength < size ? this.maxChainLength : size;
+    const mem = this.mem;
+    let nr = 0;
+    let nw = 0;
+    let readLen = 0;
+    let writeLen = 0;
+    let i = head;
+    for (let steps = 1; ; steps++) {
+      if (steps > limit) return false;
+      const w = i << 2;
+      const lo = tbl[w]!;
+      const hi = tbl[w + 1]!;
+      const len = tbl[w + 2]!;
+      const fn = tbl[w + 3]!;
+      if ((fn & VIRTQ_DESC_F_INDIRECT) !== 0 || len === 0 || hi >= HI_LIMIT) return false;
+      const addr = lo + hi * TWO_32;
+      const r = mem.gpaRegion(addr, len);
+      if (r === undefined) return false;
+      const off = r.mmapOffset + (addr - r.guestPhysAddr);
+      if ((fn & VIRTQ_DESC_F_WRITE) !== 0) {
+        nw = this.#put(chain.writable, chain.writableRegions, chain.writableOffsets, chain.writableLengths, nw, r, off,
+          len);
+        writeLen += len;
+      } else {
+        if (writeLen !== 0) return false;
+        nr = this.#put(chain.readable, chain.readableRegions, chain.readableOffsets, chain.readableLengths, nr, r, off,
+          len);
+        readLen += len;
+      }
+      if ((fn & VIRTQ_DESC_F_NEXT) === 0) break;
+      i = fn >>> 16;
+      if (i >= size) return false;
+    }
+    this.#trim(chain, nr, nw);
+    chain.refill(head, readLen, writeLen, nr + nw);
+    return true;
+  }
+
+  #trim(chain: DescriptorChain, nr: number, nw: number): void {
+    // Trimmed, not emptied first: emptying an array drops its storage, and then refilling it allocates.
+    if (chain.readable.length !== nr) {
+      chain.readable.length = nr;
+      chain.readableRegions.length = nr;
+      chain.readableOffsets.length = nr;
+      chain.readableLengths.length = nr;
+    }
+    if (chain.writable.length !== nw) {
+      chain.writable.length = nw;
+      chain.writableRegions.length = nw;
+      chain.writableOffsets.length = nw;
+      chain.writableLengths.length = nw;
+    }
+  }
+
+  /** Put the view of region `r` at buffer offset `off`, `len` bytes, at index `n` of a chain's lists. */
+  #put(list: Uint8Array[], regions: (MemoryRegion | null)[], offsets: number[], lengths: number[], n: number,
+    r: MemoryRegion, off: number, len: number): number {
+    // The view this chain had here last time (the four lists are always equally long).
+    if (n < regions.length && regions[n] === r && offsets[n] === off && lengths[n] === len) return n + 1;
+    // Fibonacci hashing of the low 32 bits of the offset, mixed with the length.
+    const k = Math.imul((off ^ Math.imul(len, 0x85ebca6b)) | 0, 0x9e3779b1) >>> this.#cacheShift;
+    let v: Uint8Array;
+    if (this.#cacheRegion[k] === r && this.#cacheOffset[k] === off && this.#cacheLength[k] === len) {
+      v = this.#cacheView[k]!;
+    } else {
+      v = new Uint8Array(r.buffer, off, len);
+      this.#cacheRegion[k] = r;
+      this.#cacheOffset[k] = off;
+      this.#cacheLength[k] = len;
+      this.#cacheView[k] = v;
+    }
+    list[n] = v;
+    regions[n] = r;
+    offsets[n] = off;
+    lengths[n] = len;
+    return n + 1;
+  }
+
+  /** Any chain, with every check (see {@link walk}). */
+  #walkAny(head: number, chain: DescriptorChain): DescriptorChain {
     const readable = chain.readable;
     const writable = chain.writable;
     const readableRegions = chain.readableRegions;
@@ -227,7 +321,6 @@ export class ChainWalker {
     const writableOffsets = chain.writableOffsets;
     const readableLengths = chain.readableLengths;
     const writableLengths = chain.writableLengths;
-    if (this.mem.generation !== this.#cacheGeneration) this.#clearCache();
     let nr = 0;
     let nw = 0;
     let readLen = 0;
@@ -310,19 +403,7 @@ export class ChainWalker {
       }
       i = next;
     }
-    // Trimmed, not emptied first: emptying an array drops its storage, and then refilling it allocates.
-    if (readable.length !== nr) readable.length = nr;
-    if (writable.length !== nw) writable.length = nw;
-    if (readableRegions.length !== nr) {
-      readableRegions.length = nr;
-      readableOffsets.length = nr;
-      readableLengths.length = nr;
-    }
-    if (writableRegions.length !== nw) {
-      writableRegions.length = nw;
-      writableOffsets.length = nw;
-      writableLengths.length = nw;
-    }
+    this.#trim(chain, nr, nw);
     chain.refill(head, readLen, writeLen, count);
     return chain;
   }
@@ -335,26 +416,7 @@ export class ChainWalker {
     addr: number, len: number): number {
     const r = this.mem.gpaRegion(addr, len);
     if (r === undefined) return this.#appendSplit(list, regions, offsets, lengths, n, addr, len);
-    const off = r.mmapOffset + (addr - r.guestPhysAddr);
-    // The view this chain had here last time (the four lists are always equally long).
-    if (n < regions.length && regions[n] === r && offsets[n] === off && lengths[n] === len) return n + 1;
-    // Fibonacci hashing of the low 32 bits of the offset, mixed with the length.
-    const k = Math.imul((off ^ Math.imul(len, 0x85ebca6b)) | 0, 0x9e3779b1) >>> this.#cacheShift;
-    let v: Uint8Array;
-    if (this.#cacheRegion[k] === r && this.#cacheOffset[k] === off && this.#cacheLength[k] === len) {
-      v = this.#cacheView[k]!;
-    } else {
-      v = new Uint8Array(r.buffer, off, len);
-      this.#cacheRegion[k] = r;
-      this.#cacheOffset[k] = off;
-      this.#cacheLength[k] = len;
-      this.#cacheView[k] = v;
-    }
-    list[n] = v;
-    regions[n] = r;
-    offsets[n] = off;
-    lengths[n] = len;
-    return n + 1;
+    return this.#put(list, regions, offsets, lengths, n, r, r.mmapOffset + (addr - r.guestPhysAddr), len);
   }
 
   /** The rare case of {@link #append}: a buffer crossing into the adjacent region, or a hole. */
