@@ -2,20 +2,26 @@
  * Byte copies between guest memory and our buffers, tuned for frames, allocating nothing.
  *
  * Costs on Node 20 (V8 11.3, measured as instructions under callgrind) shape this: a typed-array element access
- * costs 20-26 instructions whether it moves a byte or a 32-bit word, so long copies go through cached word views
- * of the whole buffers (four times fewer accesses); but finding those views needs a view's `buffer` and
- * `byteOffset`, getters V8 does not inline there (about 240 and 155 instructions), so short copies are plain byte
- * loops, and callers that know where their bytes are (a packet's own buffer) pass that in. `TypedArray.set` is
- * a native memmove (a 1.5 KB frame for a tenth of the instructions), but only for whole views: a range needs a
- * sub-view, an allocation per copy; `Packet.copyWhole` uses it where a whole view fits.
+ * costs 6-25 instructions whether it moves a byte or a 32-bit word, so long copies go through word views of the
+ * whole buffers (four times fewer accesses). A view's `byteOffset` is inlined, but its `buffer` is a call into
+ * the engine (~140 instructions), so the word view of a view's buffer is looked up by the view itself
+ * ({@link wordsOfView}: guest views are reused objects). `TypedArray.set` is a native memmove (a 1.5 KB frame for
+ * a tenth of the instructions of a word loop), but costs ~300 instructions before the first byte and copies only
+ * whole views (a range needs a sub-view, an allocation per copy); `Packet.copyWhole` uses it for large frames.
+ *
+ * Byte offsets may exceed 2^32 (guest regions above 4 GiB): word indices are computed in doubles, never with
+ * `>>>`, and a word view holds at most 2^32 words, so a copy its views do not cover is done byte by byte.
  */
+
+/** Longest typed array V8 makes (elements). */
+const MAX_WORDS = 2 ** 32;
 
 /** Word views of the buffers seen last (guest regions, packet buffers): a handful, reused across frames. */
 const cache: { buffer: ArrayBufferLike | undefined; words: Int32Array }[] = Array.from({ length: 6 },
   () => ({ buffer: undefined, words: new Int32Array(0) }));
 let victim = 0;
 
-/** A word view of all of `buffer` (cached). */
+/** A word view of `buffer` from its start, as many whole words as it has (at most 2^32; cached). */
 export function wordsOf(buffer: ArrayBufferLike): Int32Array {
   for (let i = 0; i < cache.length; i++) {
     const e = cache[i]!;
@@ -24,8 +30,46 @@ export function wordsOf(buffer: ArrayBufferLike): Int32Array {
   const e = cache[victim]!;
   victim = (victim + 1) % cache.length;
   e.buffer = buffer;
-  e.words = new Int32Array(buffer, 0, buffer.byteLength >>> 2);
+  e.words = new Int32Array(buffer, 0, Math.min(Math.floor(buffer.byteLength / 4), MAX_WORDS));
   return e.words;
+}
+
+/** Slots of the view cache of {@link wordsOfView} (a power of two: two rings of 1024 buffers and then some). */
+const VIEW_SLOTS_LOG2 = 12;
+const NO_VIEW = new Uint8Array(0);
+const NO_WORDS = new Int32Array(0);
+/** Direct-mapped by a hash of the view's byte offset: the view, and the word view of its buffer. */
+const viewKey: Uint8Array[] = [];
+const viewWords: Int32Array[] = [];
+for (let i = 0; i < 1 << VIEW_SLOTS_LOG2; i++) {
+  viewKey.push(NO_VIEW);
+  viewWords.push(NO_WORDS);
+}
+
+/**
+ * {@link wordsOf}(`view.buffer`), where `byteOffset` is `view.byteOffset` (the caller has it). Remembered per view
+ * object, so a view seen before costs a few loads instead of the `buffer` getter: the descriptor walker hands the
+ * same view objects for the same guest buffers again. A view's buffer never changes, so an entry is never wrong;
+ * it only keeps the view (and its mapping) referenced until replaced or {@link forgetViews}.
+ */
+export function wordsOfView(view: Uint8Array, byteOffset: number): Int32Array {
+  const k = Math.imul((byteOffset ^ view.length) | 0, 0x9e3779b1) >>> (32 - VIEW_SLOTS_LOG2);
+  if (viewKey[k] === view) return viewWords[k]!;
+  const words = wordsOf(view.buffer);
+  viewKey[k] = view;
+  viewWords[k] = words;
+  return words;
+}
+
+/** Drop every view {@link wordsOfView} remembers (a device reset: let old mappings go). */
+export function forgetViews(): void {
+  viewKey.fill(NO_VIEW);
+  viewWords.fill(NO_WORDS);
+}
+
+/** The word index of byte address `byte` (a multiple of 4 or not: rounded down), also beyond 2^32. */
+export function wordIndex(byte: number): number {
+  return byte <= 0x7fffffff ? byte >> 2 : Math.floor(byte / 4);
 }
 
 /** Assembling a word from two shifted ones assumes little-endian words (x86, Arm as Node runs them). */
@@ -53,12 +97,17 @@ export function copyWords(dst: Uint8Array, dstOff: number, dw: Int32Array, dBase
   const d = dBase + dstOff;
   // Destination word-aligned first.
   const head = (4 - (d & 3)) & 3;
-  for (let i = 0; i < head; i++) dst[dstOff + i] = src[srcOff + i]!;
-  const dWord = (d + head) >>> 2;
+  const dWord = wordIndex(d + head);
   const sByte = sBase + srcOff + head;
   const shift = (sByte & 3) << 3;
   let words = (n - head) >>> 2;
-  const sWord = sByte >>> 2;
+  const sWord = wordIndex(sByte);
+  if (dWord + words > dw.length || sWord + words > sw.length) {
+    // Beyond what the word views cover (regions over 16 GiB).
+    copyByteLoop(dst, dstOff, src, srcOff, n);
+    return;
+  }
+  for (let i = 0; i < head; i++) dst[dstOff + i] = src[srcOff + i]!;
   if (shift === 0) {
     // Unrolled: V8 re-checks a typed array's map in every iteration, but only once per straight run.
     let k = 0;
@@ -101,7 +150,9 @@ export function copyBytes(dst: Uint8Array, dstOff: number, src: Uint8Array, srcO
     copyByteLoop(dst, dstOff, src, srcOff, n);
     return;
   }
-  copyWords(dst, dstOff, wordsOf(dst.buffer), dst.byteOffset, src, srcOff, wordsOf(src.buffer), src.byteOffset, n);
+  const dBase = dst.byteOffset;
+  const sBase = src.byteOffset;
+  copyWords(dst, dstOff, wordsOfView(dst, dBase), dBase, src, srcOff, wordsOfView(src, sBase), sBase, n);
 }
 
 /**

@@ -9,7 +9,7 @@
  * more of it in {@link Packet.buffer} (a flow hash, a checksum, a TAP write) pulls it in first.
  */
 import { completeChecksum } from './checksum.js';
-import { copyByteLoop, copyFromViewList, copyWords, WORD_COPY_MIN, wordsOf } from './copy.js';
+import { copyByteLoop, copyFromViewList, copyWords, WORD_COPY_MIN, wordsOfView } from './copy.js';
 import { MAX_FRAME } from './header.js';
 
 /** Bytes of the two MAC addresses at the start of a frame. */
@@ -206,8 +206,8 @@ export class Packet {
       if (m < WORD_COPY_MIN) {
         copyByteLoop(dst, to, this.buffer, at, m);
       } else {
-        dw = wordsOf(dst.buffer);
         dBase = dst.byteOffset;
+        dw = wordsOfView(dst, dBase);
         copyWords(dst, to, dw, dBase, this.buffer, at, this.#words, 0, m);
       }
       at += m;
@@ -216,8 +216,8 @@ export class Packet {
     }
     if (left === 0) return;
     if (left >= WORD_COPY_MIN && dBase < 0) {
-      dw = wordsOf(dst.buffer);
       dBase = dst.byteOffset;
+      dw = wordsOfView(dst, dBase);
     }
     this.#copyFromSource(dst, to, dw, dBase, at, left);
   }
@@ -259,8 +259,8 @@ export class Packet {
       return;
     }
     if (this.#srcBase < 0) {
-      this.#srcWords = wordsOf(v.buffer);
       this.#srcBase = v.byteOffset;
+      this.#srcWords = wordsOfView(v, this.#srcBase);
     }
     copyWords(dst, dstOff, dw, dBase, v, off, this.#srcWords, this.#srcBase, n);
   }

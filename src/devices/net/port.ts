@@ -11,7 +11,7 @@ import { CommonFeature, DeviceId, featureMask, hasFeature, NetFeature } from '..
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { CtrlAck, executeControl, MAX_CTRL_REQUEST, type ControlTarget } from './ctrl.js';
 import { flowHash } from './flow.js';
-import { copyFromViewList, copyToViewList } from './copy.js';
+import { copyFromViewList, copyToViewList, forgetViews } from './copy.js';
 import { ETH_HLEN, LEGACY_NET_HDR_SIZE, MAX_FRAME, NET_HDR_SIZE, NetHdrFlag, NetHdrGso, NetHdrOffset } from './header.js';
 import { formatMac, generateMac, macKeyAt, parseMac } from './mac.js';
 import { HEAD_BYTES, Packet } from './packet.js';
@@ -47,6 +47,15 @@ export interface NetPortOptions {
   logger?: Logger;
 }
 
+/** NetHdrFlag.NEEDS_CSUM as a literal: an imported constant is a cell load and a check at every use. */
+const NEEDS_CSUM = 1;
+// The per-frame code writes header offsets and limits as literals (see #transmit): they must be these.
+if (NetHdrFlag.NEEDS_CSUM !== NEEDS_CSUM || NetHdrGso.NONE !== 0 || ETH_HLEN !== 14 || MAX_FRAME !== 65553 ||
+  NetHdrOffset.FLAGS !== 0 || NetHdrOffset.GSO_TYPE !== 1 || NetHdrOffset.HDR_LEN !== 2 || NetHdrOffset.GSO_SIZE !== 4 ||
+  NetHdrOffset.CSUM_START !== 6 || NetHdrOffset.CSUM_OFFSET !== 8 || NetHdrOffset.NUM_BUFFERS !== 10 ||
+  NET_HDR_SIZE !== 12 || LEGACY_NET_HDR_SIZE !== 10) {
+  throw new Error('virtio-net header constants changed: update the literals in port.ts');
+}
 const ACK = [Uint8Array.of(CtrlAck.OK), Uint8Array.of(CtrlAck.ERR)] as const;
 /** Transmit chains between used-ring updates within one pass (a power of two). */
 const PUBLISH_EVERY = 64;
@@ -118,6 +127,8 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   readonly #config = new Uint8Array(NET_CONFIG_SIZE);
   #negotiated = 0n;
   #hdrLen = NET_HDR_SIZE;
+  /** #hdrLen is NET_HDR_SIZE (12 bytes, with num_buffers), not the legacy 10. */
+  #numBuffersField = true;
   #mrg = false;
   #csum = false;
   #guestCsum = false;
@@ -236,6 +247,7 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#ctrlVq = hasFeature(features, NetFeature.CTRL_VQ);
     // Legacy drivers without MRG_RXBUF use the 10-byte header (no num_buffers).
     this.#hdrLen = this.#mrg || hasFeature(features, CommonFeature.VERSION_1) ? NET_HDR_SIZE : LEGACY_NET_HDR_SIZE;
+    this.#numBuffersField = this.#hdrLen === NET_HDR_SIZE;
   }
 
   ringStarted(vring: Vring): void {
@@ -263,12 +275,15 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#negotiated = 0n;
     this.#mrg = this.#csum = this.#guestCsum = this.#mq = this.#ctrlVq = false;
     this.#hdrLen = NET_HDR_SIZE;
+    this.#numBuffersField = true;
     this.#ctrlPairs = undefined;
     this.#rings.fill(undefined);
     this.#mac = this.#configuredMac;
     this.filter.reset(macKeyAt(this.#mac, 0));
     this.#writeConfig();
     this.#stopPolling();
+    // Let the old frontend's mappings go (the copy helpers remember guest views by object).
+    forgetViews();
     const n = this.#switch.forget(this);
     if (n > 0) this.#log.debug(`frontend gone: forgot ${n} address(es)`);
   }
@@ -326,12 +341,19 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       return;
     }
     const max = this.#txBurst > 0 ? this.#txBurst : vring.size;
+    // Counted once per pass: a counter bumped per frame is a load, an add and a store into another object.
+    let packets = 0;
+    let bytes = 0;
     let n = 0;
     for (; n < max; n++) {
       const chain = vring.pop();
       if (chain === null) break;
       try {
-        this.#transmit(chain);
+        const len = this.#transmit(chain);
+        if (len >= 0) {
+          packets++;
+          bytes += len;
+        }
       } catch (err) {
         // A bug of ours, not the guest's: keep the ring going.
         this.stats.txErrors++;
@@ -347,6 +369,9 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
         this.#switch.publishReceived();
       }
     }
+    const st = this.stats;
+    st.txPackets += packets;
+    st.txBytes += bytes;
     this.#packet.release();
     // Receivers publish what this pass gave them: one used-ring update and at most one notification each.
     if (n > 0) this.#switch.publishReceived();
@@ -359,14 +384,18 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     }
   }
 
-  /** One frame into the switch, or counted as an error. The chain stays ours until the caller completes it. */
-  #transmit(chain: DescriptorChain): void {
-    const st = this.stats;
+  /**
+   * One frame into the switch: returns its length, or -1 when it was counted as an error. The chain stays ours
+   * until the caller completes it. (Header offsets and limits are literals here, named in comments: an imported
+   * constant costs a cell load and a check at every use, in a function that runs per frame.)
+   */
+  #transmit(chain: DescriptorChain): number {
     const hdrLen = this.#hdrLen;
     const len = chain.readableLength - hdrLen;
-    if (len < ETH_HLEN || len > MAX_FRAME) {
-      st.txErrors++;
-      return;
+    // ETH_HLEN .. MAX_FRAME
+    if (len < 14 || len > 65553) {
+      this.stats.txErrors++;
+      return -1;
     }
     const views = chain.readable;
     // The header fields are read once, from the guest's buffer when the header is in one piece (the usual layout).
@@ -375,19 +404,20 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       h = this.#txHdr;
       copyFromViewList(h, 0, views, 0, hdrLen);
     }
-    const flags = h[NetHdrOffset.FLAGS]!;
-    if (h[NetHdrOffset.GSO_TYPE]! !== NetHdrGso.NONE) {
-      // We offer no segmentation offload: a GSO frame is a driver error.
-      st.txErrors++;
-      return;
+    // gso_type (offset 1) must be NONE: we offer no segmentation offload, a GSO frame is a driver error.
+    if (h[1]! !== 0) {
+      this.stats.txErrors++;
+      return -1;
     }
     const packet = this.#packet;
-    if ((flags & NetHdrFlag.NEEDS_CSUM) !== 0) {
-      const csumStart = h[NetHdrOffset.CSUM_START]! | (h[NetHdrOffset.CSUM_START + 1]! << 8);
-      const csumOffset = h[NetHdrOffset.CSUM_OFFSET]! | (h[NetHdrOffset.CSUM_OFFSET + 1]! << 8);
+    // flags (offset 0) & NEEDS_CSUM
+    if ((h[0]! & NEEDS_CSUM) !== 0) {
+      // csum_start (offset 6), csum_offset (offset 8), little-endian u16s
+      const csumStart = h[6]! | (h[7]! << 8);
+      const csumOffset = h[8]! | (h[9]! << 8);
       if (!this.#csum || csumStart + csumOffset + 2 > len) {
-        st.txErrors++;
-        return;
+        this.stats.txErrors++;
+        return -1;
       }
       packet.attach(views, hdrLen, len);
       packet.needsCsum = true;
@@ -396,9 +426,8 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     } else {
       packet.attach(views, hdrLen, len);
     }
-    st.txPackets++;
-    st.txBytes += len;
     this.#switch.forward(this, packet);
+    return len;
   }
 
   #discardTx(vring: Vring): void {
@@ -466,9 +495,10 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       // The whole frame fits the first chain (always, for small frames): num_buffers 1. Usually it fits its
       // first buffer too, and comes from one buffer of the sender: then one native copy moves it.
       const w = first.writable[0]!;
-      if (w.length < need || !packet.copyWhole(w, hdrLen)) putFrame(first, hdrLen, packet, 0, len);
-      // After the frame: copyWhole overwrites the bytes in front of it.
-      this.#putHeader(first, packet, 1);
+      if (w.length < need || !this.#putWhole(w, packet)) {
+        putFrame(first, hdrLen, packet, 0, len);
+        this.#putHeader(first, packet, 1);
+      }
       rx.complete(first, need);
     } else if (!this.#mrg) {
       // The driver must post buffers for the largest frame; hand this one back empty.
@@ -520,24 +550,53 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     return true;
   }
 
+  /**
+   * Header and frame into one buffer `w` that has room for both, num_buffers 1, when the frame is still in one
+   * buffer of its sender: one native copy, then the header. False (nothing written) otherwise.
+   */
+  #putWhole(w: Uint8Array, packet: Packet): boolean {
+    if (!packet.copyWhole(w, this.#hdrLen)) return false;
+    // After the frame: copyWhole overwrites the bytes in front of it.
+    this.#putHeaderBytes(w, packet, 1);
+    return true;
+  }
+
   /** The virtio-net header for `packet` at the start of the chain's writable part (room checked). */
   #putHeader(chain: DescriptorChain, packet: Packet, numBuffers: number): void {
     const hdrLen = this.#hdrLen;
     const v = chain.writable[0]!;
-    const h = v.length >= hdrLen ? v : this.#rxHdr;
-    for (let i = 0; i < hdrLen; i++) h[i] = 0;
+    if (v.length >= hdrLen) {
+      this.#putHeaderBytes(v, packet, numBuffers);
+    } else {
+      this.#putHeaderBytes(this.#rxHdr, packet, numBuffers);
+      copyToViewList(chain.writable, 0, this.#rxHdr, 0, hdrLen);
+    }
+  }
+
+  /** The header at `h[0..hdrLen)` (room checked), byte by byte: straight stores, offsets as in {@link NetHdrOffset}. */
+  #putHeaderBytes(h: Uint8Array, packet: Packet, numBuffers: number): void {
+    let flags = 0;
+    let start = 0;
+    let offset = 0;
     if (packet.needsCsum) {
-      h[NetHdrOffset.FLAGS] = NetHdrFlag.NEEDS_CSUM;
-      h[NetHdrOffset.CSUM_START] = packet.csumStart & 0xff;
-      h[NetHdrOffset.CSUM_START + 1] = packet.csumStart >>> 8;
-      h[NetHdrOffset.CSUM_OFFSET] = packet.csumOffset & 0xff;
-      h[NetHdrOffset.CSUM_OFFSET + 1] = packet.csumOffset >>> 8;
+      flags = NEEDS_CSUM;
+      start = packet.csumStart;
+      offset = packet.csumOffset;
     }
-    if (hdrLen === NET_HDR_SIZE) {
-      h[NetHdrOffset.NUM_BUFFERS] = numBuffers & 0xff;
-      h[NetHdrOffset.NUM_BUFFERS + 1] = numBuffers >>> 8;
+    h[0] = flags;
+    h[1] = 0; // gso_type NONE
+    h[2] = 0; // hdr_len
+    h[3] = 0;
+    h[4] = 0; // gso_size
+    h[5] = 0;
+    h[6] = start & 0xff;
+    h[7] = start >>> 8;
+    h[8] = offset & 0xff;
+    h[9] = offset >>> 8;
+    if (this.#numBuffersField) {
+      h[10] = numBuffers & 0xff;
+      h[11] = numBuffers >>> 8;
     }
-    if (h !== v) copyToViewList(chain.writable, 0, h, 0, hdrLen);
   }
 
   /** Publish the receive completions of the sender's pass (see {@link NetSwitch.publishReceived}). */

@@ -12,6 +12,8 @@ import { formatMacKey, macKeyAt } from './mac.js';
 import type { Packet } from './packet.js';
 import { ETH_HLEN } from './header.js';
 
+if (ETH_HLEN !== 14) throw new Error('ETH_HLEN changed: update the literal in NetSwitch.forward');
+
 /** Something the switch forwards to. */
 export interface SwitchPort {
   /** For stats and logs. */
@@ -180,7 +182,8 @@ export class NetSwitch {
    * learned on, or to every other port.
    */
   forward(from: SwitchPort, packet: Packet): void {
-    if (packet.length < ETH_HLEN) return;
+    // ETH_HLEN as a literal (an imported constant is a cell load and a check, per frame).
+    if (packet.length < 14) return;
     let ing = this.#lastIngress;
     if (from !== this.#lastFrom) {
       let found = this.#ingress.get(from);

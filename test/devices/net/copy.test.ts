@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyBytes, copyFromViewList, copyToViewList } from '../../../src/devices/net/copy.js';
+import { copyBytes, copyFromViewList, copyToViewList, forgetViews, wordIndex, wordsOfView } from '../../../src/devices/net/copy.js';
+import { native } from '../../../src/native/index.js';
 
 test('copyBytes copies exactly the range, for every alignment and size, shared or not', () => {
   const shared = new Uint8Array(new SharedArrayBuffer(4099), 3);
@@ -76,4 +77,65 @@ test('copyFromViewList / copyToViewList gather and scatter across views, short w
     assert.equal(target[9], 0);
   }
   assert.equal(copyToViewList(tviews, 160, src, 0, 50), 10, 'short at the end of the views');
+});
+
+test('wordsOfView: the word view of the view\'s own buffer, also for views that share a cache slot', () => {
+  const a = new SharedArrayBuffer(4096);
+  const b = new ArrayBuffer(4096);
+  // Same offset and length: the same slot, so each lookup must check the view itself.
+  const va = new Uint8Array(a, 256, 64);
+  const vb = new Uint8Array(b, 256, 64);
+  for (let round = 0; round < 3; round++) {
+    for (const [v, buf] of [[va, a], [vb, b]] as const) {
+      const w = wordsOfView(v, v.byteOffset);
+      assert.equal(w.buffer, buf);
+      assert.equal(w.length, 1024);
+    }
+  }
+  forgetViews();
+  assert.equal(wordsOfView(vb, vb.byteOffset).buffer, b, 'looked up again after forgetViews');
+  // A view over a buffer whose length is not a multiple of 4: whole words only.
+  const odd = new Uint8Array(new ArrayBuffer(4099), 3, 8);
+  assert.equal(wordsOfView(odd, odd.byteOffset).length, 1024);
+});
+
+test('wordIndex stays exact past 2^31 and 2^32 (regions above 4 GiB)', () => {
+  assert.equal(wordIndex(0), 0);
+  assert.equal(wordIndex(7), 1);
+  assert.equal(wordIndex(0x7fffffff), 0x1fffffff);
+  assert.equal(wordIndex(2 ** 31), 2 ** 29);
+  assert.equal(wordIndex(2 ** 32 + 13), 2 ** 30 + 3);
+  assert.equal(wordIndex(2 ** 35 + 4), 2 ** 33 + 1);
+});
+
+test('copies at byte offsets past 4 GiB land there, not 4 GiB lower (a sparse memfd mapping)', () => {
+  const size = 2 ** 32 + 65536;
+  const fd = native.memfdCreate('net-copy-4g', size);
+  try {
+    const buf = native.mmap(fd, size, true);
+    const high = 2 ** 32 + 4096;
+    for (const n of [100, 1514]) {
+      for (const shift of [0, 1, 3]) {
+        const dst = new Uint8Array(buf, high + shift, 2048);
+        const low = new Uint8Array(buf, 4096 + shift, 2048);
+        const src = new Uint8Array(new ArrayBuffer(2048 + 4), 4 - shift);
+        for (let i = 0; i < src.length; i++) src[i] = (i * 31 + n + shift) & 0xff;
+        dst.fill(0);
+        low.fill(0);
+        copyBytes(dst, 5, src, 7, n);
+        for (let i = 0; i < n; i++) {
+          if (dst[5 + i] !== src[7 + i]) assert.fail(`n=${n} shift=${shift}: byte ${i} is ${dst[5 + i]}, want ${src[7 + i]}`);
+        }
+        assert.equal(dst[4], 0);
+        assert.equal(dst[5 + n], 0);
+        assert.ok(low.every((x) => x === 0), `n=${n} shift=${shift}: nothing written 4 GiB lower`);
+        // And out of it again.
+        const back = new Uint8Array(2048);
+        copyBytes(back, 3, dst, 5, n);
+        assert.deepEqual(back.subarray(3, 3 + n), src.subarray(7, 7 + n));
+      }
+    }
+  } finally {
+    native.close(fd);
+  }
 });

@@ -21,6 +21,8 @@ export interface RxFrame {
   /** Receive queue index (0, 2, ...). */
   queue: number;
   hdr: RxHeader;
+  /** The header's bytes as written (hdrLen of them). */
+  header: Buffer;
   frame: Buffer;
 }
 
@@ -39,7 +41,7 @@ export interface NetGuestOptions {
 }
 
 interface RxState {
-  pending: { hdr: RxHeader; parts: Buffer[]; left: number } | undefined;
+  pending: { hdr: RxHeader; header: Buffer; parts: Buffer[]; left: number } | undefined;
 }
 
 /** A guest's virtio-net driver. */
@@ -108,7 +110,7 @@ export class NetGuest {
     if (state.pending) {
       state.pending.parts.push(bytes);
       if (--state.pending.left === 0) {
-        this.received.push({ queue, hdr: state.pending.hdr, frame: Buffer.concat(state.pending.parts) });
+        this.received.push({ queue, hdr: state.pending.hdr, header: state.pending.header, frame: Buffer.concat(state.pending.parts) });
         state.pending = undefined;
       }
       return;
@@ -125,9 +127,10 @@ export class NetGuest {
       numBuffers: this.hdrLen === 12 ? bytes.readUInt16LE(10) : 1,
     };
     const data = bytes.subarray(this.hdrLen);
+    const header = Buffer.from(bytes.subarray(0, this.hdrLen));
     const count = this.mrg ? hdr.numBuffers : 1;
-    if (count > 1) state.pending = { hdr, parts: [data], left: count - 1 };
-    else this.received.push({ queue, hdr, frame: Buffer.from(data) });
+    if (count > 1) state.pending = { hdr, header, parts: [data], left: count - 1 };
+    else this.received.push({ queue, hdr, header, frame: Buffer.from(data) });
   }
 
   /**

@@ -183,6 +183,28 @@ test('a legacy driver (no VERSION_1, no MRG_RXBUF) gets the 10-byte header', asy
   });
 });
 
+test('a receiver gets a header of ours: what the sender put in its header never shows through', async () => {
+  await withRig(3, async ({ connect }) => {
+    const a = await connect(0);
+    const b = await connect(1);
+    const legacy = await connect(2, { refuse: [CommonFeature.VERSION_1, NetFeature.MRG_RXBUF] });
+    // No NEEDS_CSUM and gso_type NONE, so the frame is valid; every other field is junk a receiver must not see.
+    const junk = Uint8Array.of(0, 0, 0x34, 0x12, 0x78, 0x56, 0xff, 0xff, 0xee, 0xee, 9, 9);
+    await a.send(testFrame(BCAST, MAC[0]!, 1), { header: junk });
+    await b.waitFrames(1);
+    await legacy.waitFrames(1);
+    assert.deepEqual([...b.received[0]!.header], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    assert.deepEqual(b.received[0]!.frame, testFrame(BCAST, MAC[0]!, 1));
+    assert.deepEqual([...legacy.received[0]!.header], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert.deepEqual(legacy.received[0]!.frame, testFrame(BCAST, MAC[0]!, 1));
+    // And from a legacy sender (10-byte header) into a 12-byte one.
+    await legacy.send(testFrame(MAC[1]!, MAC[2]!, 2), { header: junk.subarray(0, 10) });
+    await b.waitFrames(2);
+    assert.deepEqual([...b.received[1]!.header], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    assert.deepEqual(b.received[1]!.frame, testFrame(MAC[1]!, MAC[2]!, 2));
+  });
+});
+
 test('partial checksums: completed in software for a guest without GUEST_CSUM, passed on to one with it', async () => {
   await withRig(3, async ({ connect, ports }) => {
     const a = await connect(0);

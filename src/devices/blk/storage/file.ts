@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import { native } from '../../../native/index.js';
 import { logger, type Logger } from '../../../util/log.js';
 import {
-  closedError, rangeError, readOnlyError, skipBytes, totalLength, type BlockStorage, type IoCallback, type StorageKind,
+  closedError, inRange, rangeError, readOnlyError, skipBytes, totalLength, type BlockStorage, type IoCallback, type StorageKind,
 } from './storage.js';
 import { UringQueue, type UringQueueOptions, type UringStats } from './uring.js';
 
@@ -243,8 +243,7 @@ export class FileStorage implements BlockStorage {
     const fd = this.#fd;
     if (fd < 0) return done(closedError());
     const length = totalLength(buffers);
-    const err = rangeError(this.size, position, length);
-    if (err) return done(err);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
     if (length === 0) return done(null);
     if (this.#ring?.read(fd, buffers, position, length, done)) return;
     readFully(fd, buffers, position, done);
@@ -255,8 +254,7 @@ export class FileStorage implements BlockStorage {
     if (fd < 0) return done(closedError());
     if (this.readOnly) return done(readOnlyError());
     const length = totalLength(buffers);
-    const err = rangeError(this.size, position, length);
-    if (err) return done(err);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
     if (length === 0) return done(null);
     this.#write(fd, buffers, position, done, length);
   }

@@ -7,7 +7,7 @@
  * direct-mapped cache (`set` needs the source as one whole array, so reading a range needs a view of it).
  */
 import {
-  closedError, rangeError, readOnlyError, totalLength, type BlockStorage, type IoCallback, type StorageKind,
+  closedError, inRange, rangeError, readOnlyError, totalLength, type BlockStorage, type IoCallback, type StorageKind,
 } from './storage.js';
 
 /** Bytes per backing chunk: large disks are several buffers (one Buffer is limited to 4 GiB on Node 20). */
@@ -85,8 +85,8 @@ export class MemoryStorage implements BlockStorage {
   read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
     const chunks = this.#chunks;
     if (chunks === null) return done(closedError());
-    const err = rangeError(this.size, position, totalLength(buffers));
-    if (err) return done(err);
+    const length = totalLength(buffers);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
     let pos = position;
     for (let i = 0; i < buffers.length; i++) {
       const dst = buffers[i]!;
@@ -126,8 +126,8 @@ export class MemoryStorage implements BlockStorage {
     const chunks = this.#chunks;
     if (chunks === null) return done(closedError());
     if (this.readOnly) return done(readOnlyError());
-    const err = rangeError(this.size, position, totalLength(buffers));
-    if (err) return done(err);
+    const length = totalLength(buffers);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
     let pos = position;
     for (let i = 0; i < buffers.length; i++) {
       const src = buffers[i]!;

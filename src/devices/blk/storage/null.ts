@@ -3,7 +3,7 @@
  * default `read-zeroes=off`, reads leave the caller's buffers untouched (whatever the guest had there stays);
  * pass `readZeroes` to fill them with zeros instead. Writes are dropped.
  */
-import { closedError, rangeError, readOnlyError, totalLength, type BlockStorage, type IoCallback, type StorageKind } from './storage.js';
+import { closedError, inRange, rangeError, readOnlyError, totalLength, type BlockStorage, type IoCallback, type StorageKind } from './storage.js';
 
 /** Options for {@link NullStorage}. */
 export interface NullStorageOptions {
@@ -35,8 +35,8 @@ export class NullStorage implements BlockStorage {
 
   read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
     if (this.#closed) return done(closedError());
-    const err = rangeError(this.size, position, totalLength(buffers));
-    if (err) return done(err);
+    const length = totalLength(buffers);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
     if (this.readZeroes) for (let i = 0; i < buffers.length; i++) buffers[i]!.fill(0);
     done(null);
   }
@@ -60,7 +60,7 @@ export class NullStorage implements BlockStorage {
   #writeLike(position: number, length: number, done: IoCallback): void {
     if (this.#closed) return done(closedError());
     if (this.readOnly) return done(readOnlyError());
-    done(rangeError(this.size, position, length));
+    done(inRange(this.size, position, length) ? null : rangeError(this.size, position, length));
   }
 
   async close(): Promise<void> {

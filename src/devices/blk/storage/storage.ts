@@ -69,14 +69,20 @@ export class StorageError extends Error {
 export const totalLength = viewsLength;
 
 /**
+ * Is [position, position + length) a byte range inside `size`? Small enough to be inlined into every
+ * operation (its negation is what {@link rangeError} reports).
+ */
+export function inRange(size: number, position: number, length: number): boolean {
+  return position >= 0 && length >= 0 && length <= size - position && Number.isSafeInteger(position) &&
+    Number.isSafeInteger(length);
+}
+
+/**
  * Check that [position, position + length) is a byte range inside `size`; returns the error to report, or
  * null when it is fine.
  */
 export function rangeError(size: number, position: number, length: number): StorageError | null {
-  if (Number.isSafeInteger(position) && Number.isSafeInteger(length) && position >= 0 && length >= 0 &&
-    position <= size && length <= size - position) {
-    return null;
-  }
+  if (inRange(size, position, length)) return null;
   return new StorageError(StorageErrorCode.RANGE, `range ${position}+${length} is outside the ${size}-byte storage`);
 }
 
