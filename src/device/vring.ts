@@ -225,7 +225,8 @@ export class Vring {
    */
   pop(): DescriptorChain | null {
     const queue = this.#queue;
-    if (!queue || this.#error || this.#stopping) return null;
+    // Explicit comparisons: a bare truthiness test on a maybe-object compiles to a generic check.
+    if (queue === undefined || this.#error !== undefined || this.#stopping) return null;
     let chain: DescriptorChain | null | undefined;
     if (this.#resubmit.length > 0) {
       chain = this.#resubmit.shift()!;
@@ -238,7 +239,7 @@ export class Vring {
       this.fail(err as Error);
       return null;
     }
-    if (chain) this.#inflightCount++;
+    if (chain !== null) this.#inflightCount++;
     return chain;
   }
 
@@ -280,7 +281,7 @@ export class Vring {
   complete(chain: DescriptorChain, len: number): void {
     const queue = this.#queue;
     this.#inflightCount--;
-    if (queue && !this.#error) {
+    if (queue !== undefined && this.#error === undefined) {
       queue.push(chain.head, len);
       if (++this.#unpublished >= PUBLISH_EVERY) {
         this.#unpublished = 0;

@@ -379,10 +379,9 @@ export class SplitQueue {
   push(head: number, writtenLen: number): void {
     const used = this.#usedU32;
     if (used === null) throw new QueueError(`queue ${this.index}: push on an unconfigured queue`);
-    if (!(Number.isInteger(head) && head >= 0 && head < this.size)) throw new RangeError(`head ${head} out of range`);
-    if (!(Number.isInteger(writtenLen) && writtenLen >= 0 && writtenLen <= 0xffffffff)) {
-      throw new RangeError(`used length ${writtenLen} is not a u32`);
-    }
+    // `x >>> 0 === x` holds exactly for the integers 0..2^32-1: one operation instead of a call and two compares.
+    if (!(head >>> 0 === head && head < this.size)) throw new RangeError(`head ${head} out of range`);
+    if (writtenLen >>> 0 !== writtenLen) throw new RangeError(`used length ${writtenLen} is not a u32`);
     const at = 1 + 2 * (this.#usedIdx & this.#mask);
     used[at] = head;
     used[at + 1] = writtenLen;
