@@ -24,7 +24,7 @@ const CLOCK_EVERY = 16;
  * nanoseconds, a clock reading (performance.now) several times that, and new buffers found during a reading
  * wait for it.
  */
-const IDLE_CLOCK_EVERY = 8;
+const IDLE_CLOCK_EVERY = 32;
 /** Where a window that shrank to nothing restarts when kicks come fast again. */
 const MIN_WINDOW_US = 4;
 
