@@ -11,7 +11,7 @@ export type {
 } from './device/device.js';
 export { Vring } from './device/vring.js';
 export { RingPoller, type PollerStats } from './device/poller.js';
-export { processRing, type RingHandler } from './device/processing.js';
+export { PASS_BUDGET, PassResult, processRing, type RingHandler } from './device/processing.js';
 export { WorkerPool, type WorkerPoolOptions } from './device/worker/pool.js';
 export { VirtioDriver, type DriverOptions, type BufferRef } from './driver/driver.js';
 export { GuestRam } from './driver/guest-ram.js';

@@ -12,7 +12,7 @@
  * The spin runs in slices so the thread's event loop still runs (control messages, timers, asynchronous I/O
  * completions): it yields after {@link SLICE_MS}, and at once while requests are in flight asynchronously.
  */
-import { processable, processRing, type RingHandler } from './processing.js';
+import { PassResult, processable, processRing, type RingHandler } from './processing.js';
 import type { Vring } from './vring.js';
 
 /** Longest synchronous spin before the event loop gets a turn. */
@@ -95,11 +95,19 @@ export class RingPoller {
       this.#sleepSince = -1;
     }
     vring.polledAvailIdx = vring.availIdx();
-    if (!processRing(this.#handler, vring)) return;
+    const result = processRing(this.#handler, vring);
+    if (result === PassResult.SKIPPED) return;
     if (this.#maxUs === 0 || this.#windowUs === 0 || this.#polling || !this.#rings.has(vring)) {
-      if (!this.#polling) this.#sleepSince = performance.now();
+      if (this.#polling) {
+        if (result === PassResult.MORE) vring.polledAvailIdx = -1;
+      } else {
+        this.#sleepSince = performance.now();
+        // Cut short with chains waiting: no kick will come for them.
+        if (result === PassResult.MORE) setImmediate(() => this.kicked(vring));
+      }
       return;
     }
+    if (result === PassResult.MORE) vring.polledAvailIdx = -1;
     this.#polling = true;
     for (const v of this.#rings) v.setNotification(false);
     this.#lastWork = performance.now();
@@ -144,7 +152,8 @@ export class RingPoller {
         const idx = v.availIdx();
         if (idx >= 0 && idx !== v.polledAvailIdx && processable(handler, v)) {
           v.polledAvailIdx = idx;
-          processRing(handler, v);
+          // Cut short with chains waiting: look again next pass even if avail.idx stays put.
+          if (processRing(handler, v) === PassResult.MORE) v.polledAvailIdx = -1;
           busy = true;
         }
         if (v.inflightCount > 0) inflight = true;

@@ -21,12 +21,32 @@ export function processable(handler: RingHandler, vring: Vring): boolean {
   return vring.started && vring.error === undefined && (vring.enabled || handler.onAvailable !== undefined);
 }
 
+/** What {@link processRing} did. */
+export const PassResult = {
+  /** The ring may not be processed now (not started, broken, disabled). */
+  SKIPPED: 0,
+  /** Every chain that was available was handled. */
+  DONE: 1,
+  /** The pass stopped at {@link PASS_BUDGET} chains with more waiting: run another pass soon. */
+  MORE: 2,
+} as const;
+export type PassResult = (typeof PassResult)[keyof typeof PassResult];
+
 /**
- * One pass: every available chain to `handleChain` (or the ring to `onAvailable`), completions published once at
- * the end. A throwing handler breaks the ring. Returns false when the ring may not be processed now.
+ * Most chains one pass hands to `handleChain`. A driver that keeps refilling the ring as fast as it is served
+ * would otherwise keep the pass, and the thread, to itself: control messages, other rings and other connections
+ * wait for the pass to end.
  */
-export function processRing(handler: RingHandler, vring: Vring): boolean {
-  if (!processable(handler, vring)) return false;
+export const PASS_BUDGET = 256;
+
+/**
+ * One pass: the available chains to `handleChain` (at most {@link PASS_BUDGET}), or the ring to `onAvailable`,
+ * completions published as they go and the driver notified once at the end. A throwing handler breaks the ring.
+ * Returns {@link PassResult}: SKIPPED (0, falsy) when the ring may not be processed now.
+ */
+export function processRing(handler: RingHandler, vring: Vring): PassResult {
+  if (!processable(handler, vring)) return PassResult.SKIPPED;
+  let result: PassResult = PassResult.DONE;
   const token = vring.beginBatch();
   try {
     if (handler.onAvailable) {
@@ -36,7 +56,8 @@ export function processRing(handler: RingHandler, vring: Vring): boolean {
         vring.fail(err as Error);
       }
     } else if (handler.handleChain) {
-      for (let chain = vring.pop(); chain; chain = vring.pop()) {
+      let budget = PASS_BUDGET;
+      for (let chain = vring.pop(); chain !== null; chain = vring.pop()) {
         try {
           handler.handleChain(vring, chain);
         } catch (err) {
@@ -45,10 +66,14 @@ export function processRing(handler: RingHandler, vring: Vring): boolean {
           vring.fail(err as Error);
           break;
         }
+        if (--budget === 0) {
+          if (vring.hasAvailable()) result = PassResult.MORE;
+          break;
+        }
       }
     }
   } finally {
     vring.endBatch(token);
   }
-  return true;
+  return result;
 }

@@ -2,9 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { DeviceServer } from '../../src/device/server.js';
+import { PASS_BUDGET } from '../../src/device/processing.js';
 import type { Vring } from '../../src/device/vring.js';
 import { VirtioDriver } from '../../src/driver/driver.js';
 import { CommonFeature, featureMask } from '../../src/virtio/constants.js';
+import type { DescriptorChain } from '../../src/virtqueue/chain.js';
 import { VRING_USED_F_NO_NOTIFY } from '../../src/virtqueue/layout.js';
 import { EchoDevice } from '../helpers/echo-device.js';
 import { sleep, tempDir, waitUntil } from '../helpers/tmp.js';
@@ -138,3 +140,52 @@ test('poll mode: buffers a device keeps waiting (a receive ring) do not keep the
     cleanup();
   }
 });
+
+/** Echo on a 1024-entry ring, noting how many chains it handled before the event loop first got a turn. */
+class BigRingDevice extends EchoDevice {
+  firstStretch = -1;
+  constructor() {
+    super(1);
+    Object.defineProperty(this, 'maxQueueSize', { value: 1024 });
+  }
+
+  override handleChain(vring: Vring, chain: DescriptorChain): void {
+    if (this.handled === 0) setImmediate(() => { this.firstStretch = this.handled; });
+    super.handleChain(vring, chain);
+  }
+}
+
+// In notification mode the event loop gets a turn after every cut pass; in poll mode the spin goes on to the next
+// pass at once (the event loop gets its turn at the end of the spin's time slice), so there the passes are counted.
+for (const pollUs of [0, 1_000_000]) {
+  test(`a pass takes at most ${PASS_BUDGET} chains, and the rest follow without a kick (poll ${pollUs})`, async () => {
+    const { dir, cleanup } = tempDir();
+    const socketPath = path.join(dir, 'big.sock');
+    const device = new BigRingDevice();
+    const server = new DeviceServer(device, { socketPath, pollUs }).listen();
+    const driver = await VirtioDriver.connect({ socketPath });
+    try {
+      await driver.startQueues(1, 1024);
+      const n = PASS_BUDGET + 200; // two descriptors each: 912 of the ring's 1024
+      const done: Promise<number>[] = [];
+      for (let i = 0; i < n; i++) {
+        const addr = driver.ram.alloc(2, 8);
+        driver.ram.bytes(addr, 2).set([0x61, 0x62]);
+        done.push(driver.submit(0, [{ addr, len: 2 }], [{ addr: driver.ram.alloc(8, 8), len: 8 }]));
+      }
+      const passesBefore = server.backend!.poller.stats.polledPasses;
+      const lens = await Promise.all(done);
+      assert.ok(lens.every((l) => l === 2));
+      assert.equal(device.handled, n);
+      if (pollUs === 0) {
+        assert.equal(device.firstStretch, PASS_BUDGET, 'the first pass stopped at the budget');
+      } else {
+        assert.equal(server.backend!.poller.stats.polledPasses - passesBefore, 2, 'two passes: the budget, then the rest');
+      }
+    } finally {
+      driver.close();
+      await server.close();
+      cleanup();
+    }
+  });
+}
