@@ -54,7 +54,6 @@ export class MemoryRegion {
   readonly bytes: Uint8Array;
   #release: (() => void) | undefined;
   #released = false;
-  #u32: Uint32Array | null | undefined;
 
   private constructor(desc: RegionDescriptor, buffer: SharedArrayBuffer | ArrayBuffer, bytes: Uint8Array,
     release: (() => void) | undefined) {
@@ -67,6 +66,13 @@ export class MemoryRegion {
     this.buffer = buffer;
     this.bytes = bytes;
     this.#release = release;
+    let words: Uint32Array | null = null;
+    try {
+      words = new Uint32Array(buffer, 0, Math.floor(buffer.byteLength / 4));
+    } catch {
+      // Beyond the engine's typed-array limit: callers fall back to byte views.
+    }
+    this.u32 = words;
   }
 
   /**
@@ -99,20 +105,11 @@ export class MemoryRegion {
   }
 
   /**
-   * The whole buffer as 32-bit words (from buffer offset 0, rounded down), created on first use, or null when the
-   * engine cannot make such a view (too large). Lets the virtqueue read aligned descriptor tables anywhere in the
-   * region without a view per table.
+   * The whole buffer as 32-bit words (from buffer offset 0, rounded down), or null when the engine cannot make
+   * such a view (too large). Lets the virtqueue read aligned descriptor tables, and devices aligned request
+   * fields, anywhere in the region without a view per read. A plain field: the hot paths read it per request.
    */
-  get u32(): Uint32Array | null {
-    if (this.#u32 === undefined) {
-      try {
-        this.#u32 = new Uint32Array(this.buffer, 0, Math.floor(this.buffer.byteLength / 4));
-      } catch {
-        this.#u32 = null;
-      }
-    }
-    return this.#u32;
-  }
+  readonly u32: Uint32Array | null;
 
   /** Free the mapping (once; later calls do nothing). Views into it must not be used afterwards. */
   release(): void {

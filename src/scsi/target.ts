@@ -32,6 +32,9 @@ export const TmfResponse = {
 } as const;
 export type TmfResponse = (typeof TmfResponse)[keyof typeof TmfResponse];
 
+/** A module-local copy for the per-command check: the compiler folds it (an import is a load and a check per use). */
+const REPORT_LUNS = Opcode.REPORT_LUNS;
+
 /** Most units on one target. */
 export const MAX_UNITS_PER_TARGET = 256;
 /** LUNs below this are looked up by index (the others in a map). */
@@ -120,7 +123,7 @@ export class ScsiTarget {
    * address that names no LUN the target knows). The task's `onComplete` is called exactly once.
    */
   execute(lun: number, task: ScsiTask): void {
-    if (task.cdb[0] === Opcode.REPORT_LUNS) return this.#reportLuns(task);
+    if (task.cdb[0] === REPORT_LUNS) return this.#reportLuns(task);
     const unit = this.unit(lun);
     if (unit) return unit.execute(task);
     if (lun === WLUN_REPORT_LUNS) return this.#wellKnown(task);

@@ -34,6 +34,11 @@ export type TaskStep = (unit: LogicalUnit, task: ScsiTask, error: Error | null) 
 export class ScsiTask {
   /** The CDB, zero-padded (the transport copies it in: the initiator may change its own copy at any time). */
   readonly cdb = new Uint8Array(MAX_CDB_SIZE);
+  /**
+   * The same bytes as 32-bit words (host order, little-endian on every host we run on), for transports that copy
+   * the CDB a word at a time.
+   */
+  readonly cdbWords = new Uint32Array(this.cdb.buffer, 0, MAX_CDB_SIZE / 4);
   /** The initiator's tag for the task (task management matches on it), as two 32-bit halves. */
   tagLo = 0;
   tagHi = 0;

@@ -124,8 +124,11 @@ export function lunTarget(lun: Uint8Array, at = 0): number {
  */
 export function decodeLun(lun: Uint8Array, at = 0): number {
   if ((lun[at + 4]! | lun[at + 5]! | lun[at + 6]! | lun[at + 7]!) !== 0) return -1;
-  const b2 = lun[at + 2]!;
-  const b3 = lun[at + 3]!;
+  return lunNumber(lun[at + 2]!, lun[at + 3]!);
+}
+
+/** {@link decodeLun} from bytes 2 and 3 of a LUN field whose bytes 4-7 are zero. */
+export function lunNumber(b2: number, b3: number): number {
   switch (b2 >> 6) {
     case 0: return b2 === 0 ? b3 : -1;
     case 1: return ((b2 & 0x3f) << 8) | b3;

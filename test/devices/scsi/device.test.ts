@@ -246,6 +246,48 @@ test('ABORT TASK: the command completes ABORTED before the TMF completes; QUERY 
   });
 });
 
+test('headers and responses on word boundaries (read a word at a time) and off them (byte by byte) decode alike', async () => {
+  const held = heldUnit();
+  const bus = busWith([2, 0, memoryUnit(8 * MiB)], [2, 300, memoryUnit(8 * MiB)], [3, 0, held.unit]);
+  await withScsi({ bus }, async ({ connect }) => {
+    const c = await connect();
+    for (const misalign of [false, true]) {
+      const how = misalign ? 'off a word boundary' : 'on a word boundary';
+      const data = pattern(2048, misalign ? 5 : 6);
+      // Flat addressing and a LUN above 255; READ/WRITE(16) with an LBA above 2^32 is out of range, one below is not.
+      assertGood(await c.command(2, 300, Cdb.write16(8000, 4), { out: data, flat: true, misalign }), how);
+      const back = await c.command(2, 300, Cdb.read16(8000, 4), { in: 2048, flat: true, misalign });
+      assertGood(back, how);
+      assert.deepEqual([back.len, back.residual], [RESPONSE + 2048, 0], how);
+      assert.deepEqual(back.data, Buffer.from(data), how);
+      const other = await c.command(2, 0, Cdb.read16(8000, 4), { in: 2048, misalign });
+      assertGood(other, how);
+      assert.notDeepEqual(other.data, Buffer.from(data), `${how}: LUN 0 is another unit`);
+      assertSense(await c.command(2, 300, Cdb.read16(2n ** 32n + 8000n, 1), { in: 512, flat: true, misalign }),
+        Sense.LBA_OUT_OF_RANGE, how);
+      // A residual: INQUIRY fills 36 of 100 bytes.
+      const inq = await c.command(2, 0, Cdb.inquiry(36), { in: 100, misalign });
+      assertGood(inq, how);
+      assert.deepEqual([inq.residual, inq.len, inq.data[0]], [64, RESPONSE + 36, 0], how);
+      // Bytes 4-7 of the LUN field must be zero: this names no LUN, and the target answers for it.
+      const field = encodeLunField(2, 0, true);
+      field[6] = 1;
+      const none = await c.command(2, 0, Cdb.inquiry(36), { in: 36, lunField: field, misalign });
+      assertGood(none, how);
+      assert.equal(none.data[0], 0x7f, `${how}: peripheral qualifier 011b, no device`);
+      assert.equal((await c.command(4, 0, Cdb.testUnitReady(), { misalign })).response, ScsiResponse.BAD_TARGET, how);
+      // The 64-bit tag, as task management sees it.
+      const tag = misalign ? 0xfedc_ba98_0000_0007n : 0x1_0000_0042n;
+      const cmd = c.command(3, 0, Cdb.read10(0, 1), { in: 512, tag, misalign });
+      await waitUntil(() => held.storage.heldCount === 1);
+      assert.equal(await c.tmf(TmfSubtype.QUERY_TASK, 3, 0, tag), ScsiResponse.FUNCTION_SUCCEEDED, how);
+      assert.equal(await c.tmf(TmfSubtype.QUERY_TASK, 3, 0, tag & 0xffff_ffffn), ScsiResponse.OK, how);
+      held.storage.release();
+      assertGood(await cmd, how);
+    }
+  });
+});
+
 test('LOGICAL UNIT RESET and I_T NEXUS RESET: RESET responses, then unit attentions', async () => {
   const one = heldUnit();
   const two = heldUnit();

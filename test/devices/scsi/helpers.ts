@@ -41,6 +41,11 @@ export interface CommandOptions {
   responseSize?: number;
   /** Header size (default 19 + cdb_size). */
   cdbSize?: number;
+  /**
+   * Put the request and response headers one byte past a word boundary (the device then reads and writes them
+   * byte by byte rather than a word at a time).
+   */
+  misalign?: boolean;
 }
 
 /** Options for {@link ScsiClient.connect}. */
@@ -87,6 +92,12 @@ export class ScsiClient {
     return ref;
   }
 
+  /** `len` bytes (filled with `fill`) starting one byte past a word boundary. */
+  #misaligned(len: number, fill: number): BufferRef {
+    const ref = this.alloc(len + 1, 8, fill);
+    return { addr: ref.addr + 1, len };
+  }
+
   view(ref: BufferRef): Uint8Array {
     return this.driver.ram.bytes(ref.addr, ref.len);
   }
@@ -97,8 +108,14 @@ export class ScsiClient {
     const header = encodeRequestHeader(field, o.tag ?? this.#tag++, cdb, o.cdbSize ?? this.cdbSize);
     const outs = o.out === undefined ? [] : o.out instanceof Uint8Array ? [o.out] : o.out;
     const ins = (typeof o.in === 'number' ? [o.in] : o.in ?? []).map((n) => this.alloc(n, 8, 0xee));
-    const response = this.alloc(o.responseSize ?? VirtioScsi.RESPONSE_HEADER_BASE + this.senseSize, 8, 0xee);
-    const len = await this.driver.submit(2 + (o.q ?? 0), [this.put(header), ...outs.map((b) => this.put(b))], [response, ...ins]);
+    const responseSize = o.responseSize ?? VirtioScsi.RESPONSE_HEADER_BASE + this.senseSize;
+    const response = o.misalign === true ? this.#misaligned(responseSize, 0xee) : this.alloc(responseSize, 8, 0xee);
+    let request = this.put(header);
+    if (o.misalign === true) {
+      request = this.#misaligned(header.byteLength, 0);
+      this.view(request).set(header);
+    }
+    const len = await this.driver.submit(2 + (o.q ?? 0), [request, ...outs.map((b) => this.put(b))], [response, ...ins]);
     const hdr = decodeResponseHeader(Uint8Array.from(this.view(response)));
     let decoded: DecodedSense | undefined;
     if (hdr.senseLen > 0 && hdr.sense.byteLength >= 14) decoded = decodeFixedSense(hdr.sense);

@@ -1,0 +1,344 @@
+/**
+ * Micro-benchmark of the virtio-scsi request path, the twin of bench/micro/blk-hot-path.ts: in one process and
+ * without sockets or kicks, a driver (fixed descriptors per request slot, only the CDB's LBA, the tag and the
+ * avail entries rewritten, so the driver allocates nothing) feeds a real {@link Vring} over {@link GuestRam}, and
+ * each round is one processing pass as the framework runs it ({@link processRing}: `onAvailable` in a batch), at a
+ * fixed queue depth. The chain is laid out as Linux and bench/scsi/driver/scsi_bench.c lay it out: request header
+ * (19 + 32 bytes), response header (12 + 96 bytes), data buffer.
+ *
+ * Cases:
+ * - `scsi-null-read10`, `scsi-null-read16`, `scsi-null-write10`: ScsiDevice over a bus with one LUN (target 0,
+ *   LUN 0) on a null disk, 4 KiB READ(10) / READ(16) (what bench:scsi sends) / WRITE(10);
+ * - `scsi-memory-read16`: the same on a 16 MiB memory disk (data copied);
+ * - `lu-null-read10`: LogicalUnit.execute alone (no virtqueue, no transport): a pooled task per slot whose CDB
+ *   LBA changes, for the cost of the target emulation by itself.
+ *
+ *   node dist/bench/scsi/micro.js [--requests N] [--warmup N] [--qd 32] [--bs 4096] [--cases a,b] [--json]
+ *
+ * Prints ns/request and bytes allocated per request (exact, with `v8.GCProfiler`). For a deterministic cost,
+ * count instructions with valgrind at two request counts and divide the difference (see bench/scsi/README.md).
+ */
+import v8 from 'node:v8';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { GuestRam } from '../../src/driver/guest-ram.js';
+import { processRing } from '../../src/device/processing.js';
+import { Vring } from '../../src/device/vring.js';
+import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
+import { NullStorage } from '../../src/devices/blk/storage/null.js';
+import type { BlockStorage } from '../../src/devices/blk/storage/storage.js';
+import { ScsiDevice } from '../../src/devices/scsi/device.js';
+import { ScsiQueue, VirtioScsi, encodeLunField } from '../../src/devices/scsi/protocol.js';
+import { native } from '../../src/native/index.js';
+import { ScsiBus } from '../../src/scsi/bus.js';
+import { LogicalUnit } from '../../src/scsi/logical-unit.js';
+import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
+import { logger } from '../../src/util/log.js';
+import { DriverQueue } from '../../src/virtqueue/driver-queue.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, availRingBytes, descTableBytes, usedRingBytes } from '../../src/virtqueue/layout.js';
+
+const QUEUE_SIZE = 128;
+/** Small enough that every 4 KiB block is read during the warm-up (the memory disk caches page views). */
+const DISK = 16 << 20;
+const BLOCK = 512;
+const REQ_HEADER = VirtioScsi.REQUEST_HEADER_BASE + VirtioScsi.DEFAULT_CDB_SIZE;
+const RESP_HEADER = VirtioScsi.RESPONSE_HEADER_BASE + VirtioScsi.DEFAULT_SENSE_SIZE;
+
+interface Options {
+  requests: number;
+  /** Requests before measuring (default: 64000 or an eighth of `requests`, whichever is more). */
+  warmup?: number;
+  qd: number;
+  bs: number;
+}
+
+/** One measured run. */
+export interface MicroResult {
+  case: string;
+  requests: number;
+  nsPerRequest: number;
+  cpuNsPerRequest: number;
+  bytesPerRequest: number;
+  collections: number;
+}
+
+interface Workload {
+  round(): void;
+  close(): void;
+}
+
+type Command = 'read10' | 'read16' | 'write10';
+
+/** Write `cmd` for `blocks` blocks at `lba` into a 32-byte CDB at `cdb[at]`. */
+function writeCdb(cdb: Uint8Array, at: number, cmd: Command, lba: number, blocks: number): void {
+  if (cmd === 'read16') {
+    cdb[at] = 0x88;
+    for (let i = 2; i < 6; i++) cdb[at + i] = 0;
+    cdb[at + 6] = lba >>> 24; cdb[at + 7] = lba >>> 16; cdb[at + 8] = lba >>> 8; cdb[at + 9] = lba;
+    cdb[at + 10] = blocks >>> 24; cdb[at + 11] = blocks >>> 16; cdb[at + 12] = blocks >>> 8; cdb[at + 13] = blocks;
+  } else {
+    cdb[at] = cmd === 'read10' ? 0x28 : 0x2a;
+    cdb[at + 2] = lba >>> 24; cdb[at + 3] = lba >>> 16; cdb[at + 4] = lba >>> 8; cdb[at + 5] = lba;
+    cdb[at + 7] = blocks >>> 8; cdb[at + 8] = blocks;
+  }
+}
+
+/** Where the low 32 bits of the LBA go in the CDB (only they change per command). */
+function lbaOffset(cmd: Command): number {
+  return cmd === 'read16' ? 6 : 2;
+}
+
+/** Guest RAM, rings, and per-slot request / response / data buffers with their descriptors written once. */
+class Driver {
+  readonly ram: GuestRam;
+  readonly queue: DriverQueue<number>;
+  readonly rings: { desc: number; avail: number; used: number };
+  readonly heads: number[] = [];
+  readonly requests: Uint8Array[] = [];
+  readonly responses: Uint8Array[] = [];
+  readonly cmd: Command;
+  readonly bs: number;
+  /** Header offset of the LBA's low 32 bits (a number: the per-round code compares no strings). */
+  readonly lbaAt: number;
+  #avail = 0;
+  #seed = 12345;
+  #tag = 0;
+
+  constructor(qd: number, bs: number, cmd: Command) {
+    if (3 * qd > QUEUE_SIZE) throw new RangeError(`qd ${qd}: at most ${Math.floor(QUEUE_SIZE / 3)}`);
+    this.cmd = cmd;
+    this.bs = bs;
+    this.lbaAt = VirtioScsi.REQUEST_HEADER_BASE + lbaOffset(cmd);
+    this.ram = new GuestRam({ size: 8 << 20 });
+    const ram = this.ram;
+    this.rings = {
+      desc: ram.alloc(descTableBytes(QUEUE_SIZE), 4096),
+      avail: ram.alloc(availRingBytes(QUEUE_SIZE, true), 4096),
+      used: ram.alloc(usedRingBytes(QUEUE_SIZE, true), 4096),
+    };
+    this.queue = new DriverQueue<number>(ram.memory, QUEUE_SIZE, this.rings, { eventIdx: true });
+    const write = cmd === 'write10';
+    const lunField = encodeLunField(0, 0, true);
+    for (let k = 0; k < qd; k++) {
+      const head = 3 * k;
+      const req = ram.alloc(REQ_HEADER, 8);
+      const resp = ram.alloc(RESP_HEADER, 8);
+      const data = ram.alloc(bs, 4096);
+      const r = ram.bytes(req, REQ_HEADER);
+      r.set(lunField, 0);
+      writeCdb(r, VirtioScsi.REQUEST_HEADER_BASE, cmd, 0, bs / BLOCK);
+      // Linux's order: request, data-out, response, data-in.
+      if (write) {
+        this.queue.writeDescriptor(head, req, REQ_HEADER, VIRTQ_DESC_F_NEXT, head + 1);
+        this.queue.writeDescriptor(head + 1, data, bs, VIRTQ_DESC_F_NEXT, head + 2);
+        this.queue.writeDescriptor(head + 2, resp, RESP_HEADER, VIRTQ_DESC_F_WRITE, 0);
+      } else {
+        this.queue.writeDescriptor(head, req, REQ_HEADER, VIRTQ_DESC_F_NEXT, head + 1);
+        this.queue.writeDescriptor(head + 1, resp, RESP_HEADER, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, head + 2);
+        this.queue.writeDescriptor(head + 2, data, bs, VIRTQ_DESC_F_WRITE, 0);
+      }
+      this.requests.push(r);
+      this.responses.push(ram.bytes(resp, RESP_HEADER));
+      this.heads.push(head);
+    }
+  }
+
+  /** Offer every slot again, each with a new tag and a new random LBA among `blocks` blocks of `bs` bytes. */
+  offer(blocks: number): void {
+    const q = this.queue;
+    const perBlock = this.bs / BLOCK;
+    for (let k = 0; k < this.heads.length; k++) {
+      this.#seed = (Math.imul(this.#seed, 1103515245) + 12345) >>> 0;
+      const r = this.requests[k]!;
+      const lba = ((this.#seed >>> 8) % blocks) * perBlock;
+      const o = this.lbaAt;
+      r[o] = lba >>> 24; r[o + 1] = lba >>> 16; r[o + 2] = lba >>> 8; r[o + 3] = lba;
+      r[8] = ++this.#tag & 0xff;
+      r[9] = this.#tag >>> 8;
+      const s = this.responses[k]!;
+      s[10] = 0xff;
+      s[11] = 0xff;
+      q.writeAvailEntry(this.#avail + k, this.heads[k]!);
+    }
+    this.#avail = (this.#avail + this.heads.length) & 0xffff;
+    q.writeAvailIdx(this.#avail);
+  }
+
+  /** Throw unless every offered request came back with response OK and status GOOD. */
+  check(): void {
+    if (this.queue.readUsedIdx() !== this.#avail) {
+      throw new Error(`used.idx ${this.queue.readUsedIdx()} != avail.idx ${this.#avail}`);
+    }
+    for (let k = 0; k < this.responses.length; k++) {
+      const s = this.responses[k]!;
+      if (s[10] !== 0 || s[11] !== 0) throw new Error(`slot ${k}: response ${s[11]}, status ${s[10]}`);
+    }
+  }
+
+  close(): void {
+    this.ram.close();
+  }
+}
+
+function makeStorage(kind: 'null' | 'memory'): BlockStorage {
+  return kind === 'null' ? new NullStorage({ size: DISK }) : new MemoryStorage({ size: DISK });
+}
+
+/** A ScsiDevice with one LUN behind a real Vring (request queue 0), one processing pass per round. */
+function scsiWorkload(opts: Options, storageKind: 'null' | 'memory', cmd: Command): Workload {
+  const driver = new Driver(opts.qd, opts.bs, cmd);
+  const storage = makeStorage(storageKind);
+  const bus = new ScsiBus();
+  bus.add(0, 0, new LogicalUnit({ storage, logger: logger('bench') }));
+  const device = new ScsiDevice({ bus, logger: logger('bench') });
+  device.featuresNegotiated(device.features);
+  let failure: Error | undefined;
+  const vring = new Vring(ScsiQueue.FIRST_REQUEST, { available() {}, broken(_v, err) { failure = err; } }, logger('bench'));
+  vring.size = QUEUE_SIZE;
+  vring.addresses = {
+    desc: driver.ram.userAddrOf(driver.rings.desc),
+    avail: driver.ram.userAddrOf(driver.rings.avail),
+    used: driver.ram.userAddrOf(driver.rings.used),
+  };
+  vring.enabled = true;
+  vring.eventIdx = true;
+  vring.indirect = true;
+  vring.start(native.eventfd(0), driver.ram.memory, device.maxChainLength);
+  vring.stopWatching();
+  device.ringStarted(vring);
+  const blocks = Math.floor(DISK / opts.bs);
+  return {
+    round() {
+      driver.offer(blocks);
+      processRing(device, vring);
+      if (failure) throw failure;
+      driver.check();
+    },
+    close() {
+      vring.dispose();
+      device.dispose();
+      void storage.close();
+      driver.close();
+    },
+  };
+}
+
+/** LogicalUnit.execute alone: `qd` pooled tasks with a data-in view each, one new LBA per command. */
+function unitWorkload(opts: Options, cmd: Command): Workload {
+  const storage = makeStorage('null');
+  const unit = new LogicalUnit({ storage, logger: logger('bench') });
+  let done = 0;
+  const onComplete = (task: ScsiTask): void => {
+    if (task.response !== TaskResponse.COMPLETE || task.status !== 0) throw new Error(`status ${task.status}`);
+    done++;
+  };
+  const tasks: ScsiTask[] = [];
+  const buffers: Uint8Array[][] = [];
+  const blocks = Math.floor(DISK / opts.bs);
+  const perBlock = opts.bs / BLOCK;
+  const at = lbaOffset(cmd);
+  for (let k = 0; k < opts.qd; k++) {
+    const t = new ScsiTask(onComplete);
+    writeCdb(t.cdb, 0, cmd, 0, perBlock);
+    tasks.push(t);
+    buffers.push([new Uint8Array(opts.bs)]);
+  }
+  // In a typed array: a closure variable past the small-integer range would be boxed anew on every write.
+  const seed = Uint32Array.of(12345);
+  return {
+    round() {
+      done = 0;
+      for (let k = 0; k < tasks.length; k++) {
+        const t = tasks[k]!;
+        t.prepare();
+        seed[0] = Math.imul(seed[0]!, 1103515245) + 12345;
+        const lba = ((seed[0]! >>> 8) % blocks) * perBlock;
+        const cdb = t.cdb;
+        cdb[at] = lba >>> 24; cdb[at + 1] = lba >>> 16; cdb[at + 2] = lba >>> 8; cdb[at + 3] = lba;
+        t.dataIn = buffers[k]!;
+        t.dataInLength = opts.bs;
+        unit.execute(t);
+      }
+      if (done !== tasks.length) throw new Error(`${done} of ${tasks.length} commands completed`);
+    },
+    close() {
+      void storage.close();
+    },
+  };
+}
+
+function makeWorkload(name: string, opts: Options): Workload {
+  if (name === 'lu-null-read10') return unitWorkload(opts, 'read10');
+  const m = /^scsi-(null|memory)-(read10|read16|write10)$/.exec(name);
+  if (!m) throw new Error(`unknown case ${name}`);
+  return scsiWorkload(opts, m[1] as 'null' | 'memory', m[2] as Command);
+}
+
+/** Run one case: warm up, then measure time and allocation over `requests` requests. */
+export function runCase(name: string, opts: Options): MicroResult {
+  const w = makeWorkload(name, opts);
+  try {
+    const rounds = Math.max(1, Math.ceil(opts.requests / opts.qd));
+    const warm = opts.warmup !== undefined ? Math.ceil(opts.warmup / opts.qd) : Math.max(2000, rounds >> 3);
+    for (let i = 0; i < warm; i++) w.round();
+    const profiler = new v8.GCProfiler();
+    const before = v8.getHeapStatistics().used_heap_size;
+    profiler.start();
+    const c0 = process.cpuUsage();
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < rounds; i++) w.round();
+    const t1 = process.hrtime.bigint();
+    const c1 = process.cpuUsage(c0);
+    const after = v8.getHeapStatistics().used_heap_size;
+    const stats = profiler.stop().statistics;
+    let freed = 0;
+    for (const s of stats) freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
+    const requests = rounds * opts.qd;
+    return {
+      case: name,
+      requests,
+      nsPerRequest: Number(t1 - t0) / requests,
+      cpuNsPerRequest: (c1.user + c1.system) * 1000 / requests,
+      bytesPerRequest: Math.max(0, after - before + freed) / requests,
+      collections: stats.length,
+    };
+  } finally {
+    w.close();
+  }
+}
+
+const ALL = ['scsi-null-read10', 'scsi-null-read16', 'scsi-null-write10', 'scsi-memory-read16', 'lu-null-read10'];
+
+function main(): void {
+  const { values } = parseArgs({
+    options: {
+      requests: { type: 'string', default: '500000' },
+      warmup: { type: 'string' },
+      qd: { type: 'string', default: '32' },
+      bs: { type: 'string', default: '4096' },
+      cases: { type: 'string', default: ALL.join(',') },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  const opts: Options = {
+    requests: Number(values.requests),
+    warmup: values.warmup === undefined ? undefined : Number(values.warmup),
+    qd: Number(values.qd),
+    bs: Number(values.bs),
+  };
+  const results: MicroResult[] = [];
+  for (const name of values.cases.split(',')) results.push(runCase(name, opts));
+  if (values.json) {
+    console.log(JSON.stringify({ node: process.version, ...opts, results }, null, 2));
+    return;
+  }
+  console.log(`node ${process.version}, qd ${opts.qd}, bs ${opts.bs}`);
+  console.log('case                 requests   ns/req  cpu ns/req  bytes/req  GCs');
+  for (const r of results) {
+    console.log(`${r.case.padEnd(20)} ${String(r.requests).padStart(8)} ${r.nsPerRequest.toFixed(0).padStart(8)} ` +
+      `${r.cpuNsPerRequest.toFixed(0).padStart(11)} ${r.bytesPerRequest.toFixed(1).padStart(10)} ` +
+      `${String(r.collections).padStart(4)}`);
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) main();
