@@ -365,14 +365,16 @@ export class Vring {
   beginBatch(): number {
     if (this.#processing) return -1;
     this.#processing = true;
-    return Atomics.load(faultCounter, 0);
+    // A plain read: the counter only has to be current at pass boundaries, which are calls apart (compiled code
+    // does not carry typed-array loads across calls), and Atomics.load is an engine call, not an instruction.
+    return faultCounter[0]!;
   }
 
   /** Close the pass {@link beginBatch} opened: check for contained faults, publish, notify. */
   endBatch(token: number): void {
     if (token < 0) return;
     this.#processing = false;
-    if (Atomics.load(faultCounter, 0) !== token) {
+    if (faultCounter[0] !== token) {
       this.fail(new Error('guest memory vanished under a request (the frontend truncated a memory region\'s file); ' +
         'the pages now read as zeros'));
     }
