@@ -27,7 +27,7 @@ export const PassResult = {
   SKIPPED: 0,
   /** Every chain that was available was handled. */
   DONE: 1,
-  /** The pass stopped at {@link PASS_BUDGET} chains with more waiting: run another pass soon. */
+  /** The pass stopped at {@link PASS_BUDGET} chains (more may be waiting): run another pass soon. */
   MORE: 2,
 } as const;
 export type PassResult = (typeof PassResult)[keyof typeof PassResult];
@@ -67,7 +67,9 @@ export function processRing(handler: RingHandler, vring: Vring): PassResult {
           break;
         }
         if (--budget === 0) {
-          if (vring.hasAvailable()) result = PassResult.MORE;
+          // Another pass even if the ring looks empty now: only a pop that finds it empty asks the driver for the
+          // next kick (EVENT_IDX avail_event), and without that request no kick would come.
+          result = PassResult.MORE;
           break;
         }
       }

@@ -189,3 +189,32 @@ for (const pollUs of [0, 1_000_000]) {
     }
   });
 }
+
+test(`notification mode with EVENT_IDX: a pass that ends exactly at the budget still asks for the next kick`, async () => {
+  const { dir, cleanup } = tempDir();
+  const socketPath = path.join(dir, 'big.sock');
+  const device = new BigRingDevice();
+  const server = new DeviceServer(device, { socketPath, pollUs: 0 }).listen();
+  const driver = await VirtioDriver.connect({ socketPath });
+  try {
+    await driver.startQueues(1, 1024);
+    const submit = (): Promise<number> => {
+      const addr = driver.ram.alloc(2, 8);
+      driver.ram.bytes(addr, 2).set([0x61, 0x62]);
+      return driver.submit(0, [{ addr, len: 2 }], [{ addr: driver.ram.alloc(8, 8), len: 8 }]);
+    };
+    const first: Promise<number>[] = [];
+    for (let i = 0; i < PASS_BUDGET; i++) first.push(submit());
+    await Promise.all(first);
+    // The next requests come one at a time: each needs a kick, which the driver sends only if asked to.
+    for (let i = 0; i < 3; i++) {
+      const len = await Promise.race([submit(), sleep(3000).then(() => -1)]);
+      assert.equal(len, 2, `request ${i} after the full pass was served`);
+    }
+    assert.equal(device.handled, PASS_BUDGET + 3);
+  } finally {
+    driver.close();
+    await server.close();
+    cleanup();
+  }
+});
