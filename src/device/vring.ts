@@ -32,7 +32,7 @@ export interface VringOwner {
  * that polls the used ring then refills while the pass goes on, instead of both sides taking turns. The
  * interrupt decision still happens once per pass (flush).
  */
-const PUBLISH_EVERY = 4;
+const PUBLISH_EVERY = 8;
 
 /** A virtqueue's state and its device-facing operations. */
 export class Vring {
