@@ -261,12 +261,28 @@ async function runCase(c: CaseSpec, qsize: number, frames: number, rounds: numbe
     const len = bRx.usedLen((bRx.driver.readUsedIdx() - 1) & 0xffff);
     if (len !== want) throw new Error(`micro: ${c.name}: used length ${len}, expected ${want}`);
   };
+  /** Every frame of the last round arrived intact: our header (num_buffers 1), then the bytes A sent. */
+  const verify = (): void => {
+    if (!bRx) return;
+    const end = bRx.driver.readUsedIdx();
+    for (let k = 1; k <= frames; k++) {
+      const { id } = bRx.driver.readUsedElement((end - k) & 0xffff);
+      const got = ram.bytes.subarray(bRx.bufs[id]!, bRx.bufs[id]! + want);
+      const sent = ram.bytes.subarray(aTx.bufs[id]! + hdrLen, aTx.bufs[id]! + want);
+      if (got.subarray(0, hdrLen).some((b, i) => b !== (i === 10 ? 1 : 0)) || Buffer.compare(got.subarray(hdrLen), sent) !== 0) {
+        throw new Error(`micro: ${c.name}: frame ${id} arrived damaged`);
+      }
+    }
+  };
   // Warm-up: let the JIT settle.
   for (let i = 0; i < warmup; i++) {
+    // Before the last one, B's buffers are scrubbed: what verify finds there was written by that round.
+    if (i === warmup - 1 && bRx) for (const b of bRx.bufs) ram.bytes.fill(0xee, b, b + RX_BUF);
     drive();
     check();
     if (i % 20 === 19) await new Promise((res) => setImmediate(res));
   }
+  verify();
   delivered = 0;
   const gcs: PerformanceEntry[] = [];
   const obs = new PerformanceObserver((list) => gcs.push(...list.getEntries()));
@@ -286,6 +302,7 @@ async function runCase(c: CaseSpec, qsize: number, frames: number, rounds: numbe
     if (r % 20 === 19) await new Promise((res) => setImmediate(res));
   }
   if (instrument) callgrind(false);
+  verify();
   await new Promise((res) => setTimeout(res, 50));
   obs.disconnect();
   if (profiler) {

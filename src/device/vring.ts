@@ -288,7 +288,7 @@ export class Vring {
         queue.publish();
       }
       this.#pendingCompletions++;
-      if (!this.#processing && !this.#flushScheduled) {
+      if (this.#processing === false && this.#flushScheduled === false) {
         this.#flushScheduled = true;
         queueMicrotask(this.#flushTask);
       }

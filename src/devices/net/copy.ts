@@ -72,8 +72,8 @@ export function wordIndex(byte: number): number {
   return byte <= 0x7fffffff ? byte >> 2 : Math.floor(byte / 4);
 }
 
-/** Assembling a word from two shifted ones assumes little-endian words (x86, Arm as Node runs them). */
-const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+/** Are words little-endian (x86, Arm as Node runs them)? Shifted word copies and the net word paths assume so. */
+export const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 
 /** Below this many bytes a byte loop is cheaper than looking up word views. */
 export const WORD_COPY_MIN = 48;

@@ -9,7 +9,7 @@
  * more of it in {@link Packet.buffer} (a flow hash, a checksum, a TAP write) pulls it in first.
  */
 import { completeChecksum } from './checksum.js';
-import { copyByteLoop, copyFromViewList, copyWords, WORD_COPY_MIN, wordsOfView } from './copy.js';
+import { copyByteLoop, copyFromViewList, copyWords, LITTLE_ENDIAN, WORD_COPY_MIN, wordsOfView } from './copy.js';
 import { MAX_FRAME } from './header.js';
 
 /** Bytes of the two MAC addresses at the start of a frame. */
@@ -20,6 +20,13 @@ export const HEAD_BYTES = 128;
 
 const NO_VIEWS: readonly Uint8Array[] = [new Uint8Array(0)].slice(1);
 const NO_WORDS: Int32Array = new Int32Array(0);
+
+/**
+ * Frames up to this many bytes go to a receiver word by word ({@link Packet.copyToWords}); longer ones with one
+ * native copy, which costs ~350 instructions before its first byte but ~0.8 per byte after.
+ */
+export const WORD_FRAME_MAX = 256;
+if (WORD_FRAME_MAX !== 256) throw new Error('update the literal in Packet.copyToWords');
 
 /**
  * A frame and its offload state. Receivers read it and copy it out ({@link copyTo}, {@link frame}); the only
@@ -39,16 +46,23 @@ export class Packet {
   csumStart = 0;
   /** Where the checksum goes, relative to {@link csumStart}. */
   csumOffset = 0;
-  /** Destination MAC, bytes 0-2 as a 24-bit number (`b0 << 16 | b1 << 8 | b2`). */
+  /*
+   * The two addresses (frame bytes 0-11) as the little-endian words they are in memory, split at the boundary
+   * between them: what three word loads give, and cheap to compare (the switch memoises on them). Keys in
+   * the `macKeyAt` form are made from these only when a table or a filter needs one ({@link dstKey}).
+   */
+  /** Frame bytes 0-3 (destination bytes 0-3): `b0 | b1 << 8 | b2 << 16 | b3 << 24`, an int32. */
   dstHi = 0;
-  /** Destination MAC, bytes 3-5. */
+  /** Frame bytes 4-5 (destination bytes 4-5): `b4 | b5 << 8`. */
   dstLo = 0;
-  /** Source MAC, bytes 6-8. */
+  /** Frame bytes 6-7 (source bytes 0-1): `b6 | b7 << 8`. */
   srcHi = 0;
-  /** Source MAC, bytes 9-11. */
+  /** Frame bytes 8-11 (source bytes 2-5), an int32 like {@link dstHi}. */
   srcLo = 0;
   /** {@link buffer} as words (it starts its own ArrayBuffer). */
   readonly #words: Int32Array;
+  /** {@link buffer}'s length, as a number (a view's length is a few more instructions). */
+  readonly #capacity: number;
   #view: Uint8Array;
   /** Frame bytes [0, #copied) are in {@link buffer}; the rest only in #src. */
   #copied = 0;
@@ -58,9 +72,16 @@ export class Packet {
   /** Word view and byte offset of the sender's first view, looked up once per frame (-1: not yet). */
   #srcWords: Int32Array = NO_WORDS;
   #srcBase = -1;
+  /**
+   * Attached with {@link attachWords}: the sender's region as words and the word index of frame byte 0 (null
+   * otherwise, and once the frame no longer comes from the sender's buffer).
+   */
+  #srcU32: Uint32Array | null = null;
+  #srcWord = 0;
 
   constructor(capacity = MAX_FRAME) {
     this.buffer = new Uint8Array(capacity);
+    this.#capacity = capacity;
     this.#words = new Int32Array(this.buffer.buffer, 0, capacity >>> 2);
     this.#view = this.buffer.subarray(0, 0);
   }
@@ -74,6 +95,7 @@ export class Packet {
     this.length = length;
     this.#copied = length;
     this.#src = NO_VIEWS;
+    this.#srcU32 = null;
     this.#readMacs(this.buffer, 0);
     this.needsCsum = false;
     this.csumStart = 0;
@@ -91,6 +113,7 @@ export class Packet {
     this.#src = views;
     this.#srcOffset = offset;
     this.#srcBase = -1;
+    this.#srcU32 = null;
     if (offset + MACS <= v.length) {
       this.#copied = 0;
       this.#readMacs(v, offset);
@@ -107,11 +130,42 @@ export class Packet {
     this.csumOffset = 0;
   }
 
+  /**
+   * {@link attach} for the usual layout, reading the addresses as three words: the frame is `length` bytes
+   * (at least 14, else this is {@link attach}) of `views[0]` from `offset` on, and starts at word `word` of `words`, a word view of the
+   * buffer `views[0]` lies in. Only on little-endian hosts ({@link LITTLE_ENDIAN}: the caller checks). Receivers
+   * can then take the frame through {@link copyToWords}.
+   */
+  attachWords(views: readonly Uint8Array[], offset: number, length: number, words: Uint32Array, word: number): void {
+    if (length > this.#capacity) throw new RangeError(`frame of ${length} bytes over ${this.buffer.length}`);
+    if (length < 14) {
+      // Shorter than an Ethernet header: not worth a word path (copyToWords writes 12 bytes of addresses).
+      this.attach(views, offset, length);
+      return;
+    }
+    this.length = length;
+    this.#src = views;
+    this.#srcOffset = offset;
+    this.#srcBase = -1;
+    this.#copied = 0;
+    this.#srcU32 = words;
+    this.#srcWord = word;
+    // `| 0`: int32s (a field holding a uint32 above 2^31 would become a boxed number).
+    const m1 = words[word + 1]!;
+    this.dstHi = words[word]! | 0;
+    this.dstLo = m1 & 0xffff;
+    this.srcHi = m1 >>> 16;
+    this.srcLo = words[word + 2]! | 0;
+    this.needsCsum = false;
+    this.csumStart = 0;
+    this.csumOffset = 0;
+  }
+
   #readMacs(b: Uint8Array, at: number): void {
-    this.dstHi = (b[at]! << 16) | (b[at + 1]! << 8) | b[at + 2]!;
-    this.dstLo = (b[at + 3]! << 16) | (b[at + 4]! << 8) | b[at + 5]!;
-    this.srcHi = (b[at + 6]! << 16) | (b[at + 7]! << 8) | b[at + 8]!;
-    this.srcLo = (b[at + 9]! << 16) | (b[at + 10]! << 8) | b[at + 11]!;
+    this.dstHi = b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24);
+    this.dstLo = b[at + 4]! | (b[at + 5]! << 8);
+    this.srcHi = b[at + 6]! | (b[at + 7]! << 8);
+    this.srcLo = b[at + 8]! | (b[at + 9]! << 8) | (b[at + 10]! << 16) | (b[at + 11]! << 24);
   }
 
   /** Write the addresses decided on at `dst[at..at+12)`. */
@@ -120,38 +174,45 @@ export class Packet {
     const dl = this.dstLo;
     const sh = this.srcHi;
     const sl = this.srcLo;
-    dst[at] = dh >>> 16;
+    dst[at] = dh;
     dst[at + 1] = dh >>> 8;
-    dst[at + 2] = dh;
-    dst[at + 3] = dl >>> 16;
-    dst[at + 4] = dl >>> 8;
-    dst[at + 5] = dl;
-    dst[at + 6] = sh >>> 16;
+    dst[at + 2] = dh >>> 16;
+    dst[at + 3] = dh >>> 24;
+    dst[at + 4] = dl;
+    dst[at + 5] = dl >>> 8;
+    dst[at + 6] = sh;
     dst[at + 7] = sh >>> 8;
-    dst[at + 8] = sh;
-    dst[at + 9] = sl >>> 16;
-    dst[at + 10] = sl >>> 8;
-    dst[at + 11] = sl;
+    dst[at + 8] = sl;
+    dst[at + 9] = sl >>> 8;
+    dst[at + 10] = sl >>> 16;
+    dst[at + 11] = sl >>> 24;
   }
 
   /** The destination address as a MAC key (see `macKeyAt`). */
   get dstKey(): number {
-    return this.dstHi * 0x100_0000 + this.dstLo;
+    const h = this.dstHi;
+    const l = this.dstLo;
+    return ((h & 0xff) * 0x100 + ((h >>> 8) & 0xff)) * 0x1_0000_0000 +
+      ((((h >>> 16) & 0xff) << 24 | (h >>> 24) << 16 | (l & 0xff) << 8 | l >>> 8) >>> 0);
   }
 
   /** The source address as a MAC key. */
   get srcKey(): number {
-    return this.srcHi * 0x100_0000 + this.srcLo;
+    const h = this.srcHi;
+    const l = this.srcLo;
+    return ((h & 0xff) * 0x100 + (h >>> 8)) * 0x1_0000_0000 +
+      (((l & 0xff) << 24 | ((l >>> 8) & 0xff) << 16 | ((l >>> 16) & 0xff) << 8 | l >>> 24) >>> 0);
   }
 
   /** Is the destination a multicast (or broadcast) address? */
   get multicast(): boolean {
-    return (this.dstHi & 0x10000) !== 0;
+    return (this.dstHi & 1) !== 0;
   }
 
   /** Forget the sender's views (before its buffers go back to the guest). */
   release(): void {
     this.#src = NO_VIEWS;
+    this.#srcU32 = null;
     this.#srcWords = NO_WORDS;
     this.#srcBase = -1;
   }
@@ -174,7 +235,10 @@ export class Packet {
     }
     this.#copyFromSource(this.buffer, c, this.#words, 0, c, want - c);
     this.#copied = want;
-    if (want === this.length) this.#src = NO_VIEWS;
+    if (want === this.length) {
+      this.#src = NO_VIEWS;
+      this.#srcU32 = null;
+    }
   }
 
   /** Copy the whole frame into {@link buffer} (from then on it is self-contained). */
@@ -228,6 +292,63 @@ export class Packet {
    * `dstOff` bytes before the frame are overwritten: the caller writes its own header after this). Returns false,
    * having written nothing, when that does not apply (then use {@link copyTo}).
    */
+  /**
+   * Write the whole frame into a receiver's buffer: at word `dWord` of `dw`, a word view of the buffer `dsts[0]`
+   * lies in, where `dsts[0][dstOff]` is that word's first byte and `dsts[0]` has room for the frame from there. Works when the
+   * frame was attached with {@link attachWords} and is still in the sender's buffer: a short frame (up to
+   * {@link WORD_FRAME_MAX}) is copied by words, a longer one with one native copy of the sender's buffer (which
+   * overwrites the `dstOff` bytes in front of the frame when the sender's buffer has a header there). The
+   * addresses are the ones decisions were made on. Returns false, having written nothing, otherwise.
+   */
+  copyToWords(dw: Uint32Array, dWord: number, dsts: readonly Uint8Array[], dstOff: number): boolean {
+    const sw = this.#srcU32;
+    if (sw === null) return false;
+    const len = this.length;
+    // WORD_FRAME_MAX (a literal: an imported or module constant is a cell load and a check per use).
+    if (len > 256) {
+      const v = this.#src[0]!;
+      const lead = this.#srcOffset;
+      if (lead > dstOff || lead + len !== v.length) return false;
+      dsts[0]!.set(v, dstOff - lead);
+    } else {
+      // From the word after the addresses to the last whole word of the frame, then the last 0-3 bytes. Indices
+      // stay far below 2^31 (`| 0` spares the overflow checks). Loads are grouped before stores: after a
+      // typed-array store TurboFan checks the arrays (map, length, data pointer) again for the next load.
+      let k = (this.#srcWord + 3) | 0;
+      let d = (dWord + 3) | 0;
+      const stop = (this.#srcWord + (len >>> 2)) | 0;
+      for (; ((k + 4) | 0) <= stop; k = (k + 4) | 0, d = (d + 4) | 0) {
+        const a = sw[k]!;
+        const b = sw[(k + 1) | 0]!;
+        const c = sw[(k + 2) | 0]!;
+        const e = sw[(k + 3) | 0]!;
+        dw[d] = a;
+        dw[(d + 1) | 0] = b;
+        dw[(d + 2) | 0] = c;
+        dw[(d + 3) | 0] = e;
+      }
+      if (((k + 2) | 0) <= stop) {
+        const a = sw[k]!;
+        const b = sw[(k + 1) | 0]!;
+        dw[d] = a;
+        dw[(d + 1) | 0] = b;
+        k = (k + 2) | 0;
+        d = (d + 2) | 0;
+      }
+      if (k < stop) dw[d] = sw[k]!;
+      if ((len & 3) !== 0) {
+        const dst = dsts[0]!;
+        const v = this.#src[0]!;
+        const at = this.#srcOffset;
+        for (let i = len & ~3; i < len; i++) dst[dstOff + i] = v[at + i]!;
+      }
+    }
+    dw[dWord] = this.dstHi;
+    dw[dWord + 1] = this.dstLo | (this.srcHi << 16);
+    dw[dWord + 2] = this.srcLo;
+    return true;
+  }
+
   copyWhole(dst: Uint8Array, dstOff: number): boolean {
     const src = this.#src;
     const lead = this.#srcOffset;

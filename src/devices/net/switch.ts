@@ -195,11 +195,13 @@ export class NetSwitch {
       this.#lastFrom = from;
     }
     if (ing.gen !== this.#gen) {
+      // Memo halves that no address has (bytes 4-5 and 6-7 are 16-bit values): nothing matches.
       ing.gen = this.#gen;
-      ing.srcHi = ing.dstHi = -1;
+      ing.srcHi = ing.dstLo = -1;
     }
     const srcHi = packet.srcHi;
-    if ((srcHi & 0x10000) === 0) {
+    // The group bit: bit 0 of the first byte of the address (the low byte of srcHi and dstHi).
+    if ((srcHi & 1) === 0) {
       const lo = packet.srcLo;
       if (srcHi === ing.srcHi && lo === ing.srcLo) {
         ing.src!.seen = this.#now;
@@ -208,7 +210,7 @@ export class NetSwitch {
         // Learning a new station (or a move) changed the table: nothing memoised before holds.
         if (ing.gen !== this.#gen) {
           ing.gen = this.#gen;
-          ing.dstHi = -1;
+          ing.dstLo = -1;
         }
         ing.src = entry;
         ing.srcHi = entry === undefined ? -1 : srcHi;
@@ -216,7 +218,7 @@ export class NetSwitch {
       }
     }
     const hi = packet.dstHi;
-    if ((hi & 0x10000) === 0) {
+    if ((hi & 1) === 0) {
       const lo = packet.dstLo;
       let entry: MacEntry | undefined;
       if (hi === ing.dstHi && lo === ing.dstLo) {

@@ -137,3 +137,60 @@ test('copyWhole: one native copy of the sender\'s buffer when it fits, with the 
   assert.equal(p.copyWhole(dst, 12), false, 'materialized: the sender\'s buffer is no longer used');
   assert.ok(dst.every((b) => b === 0x22));
 });
+
+test('attachWords reads the addresses from words; copyToWords writes the frame by words or one native copy', () => {
+  for (const len of [14, 15, 16, 17, 60, 63, 64, 255, 256, 257, 1514]) {
+    // The sender's buffer: a 12-byte header, then the frame, word-aligned in a larger buffer.
+    const mem = new SharedArrayBuffer(4096);
+    const at = 64;
+    const view = new Uint8Array(mem, at, 12 + len);
+    const bytes = Uint8Array.from({ length: len }, (_, i) => (i * 37 + len) & 0xff);
+    bytes[0] = 0x33; // multicast bit set in the destination
+    view.set(bytes, 12);
+    const words = new Uint32Array(mem);
+    const p = new Packet();
+    p.attachWords([view], 12, len, words, (at + 12) / 4);
+    const plain = new Packet();
+    plain.attach([view], 12, len);
+    for (const k of ['dstHi', 'dstLo', 'srcHi', 'srcLo', 'dstKey', 'srcKey', 'multicast', 'length'] as const) {
+      assert.equal(p[k], plain[k], `${k} len ${len}`);
+    }
+    assert.equal(p.dstKey, key(bytes, 0));
+    assert.equal(p.srcKey, key(bytes, 6));
+    // The guest rewrites its buffer after the decision: receivers still get the addresses read at attach.
+    view.fill(0xaa, 12, 24);
+    const out = new SharedArrayBuffer(4096);
+    const dst = new Uint8Array(out, 128, 2048);
+    dst.fill(0xee);
+    assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), true);
+    const expect = Uint8Array.from(bytes);
+    expect.fill(0xaa, 12, Math.min(12, len));
+    assert.deepEqual([...dst.subarray(12, 12 + len)], [...expect.subarray(0, 12), ...bytes.subarray(12)], `len ${len}`);
+    assert.ok(dst.subarray(12 + len).every((b) => b === 0xee), `len ${len}: nothing past the frame`);
+    // Short frames touch nothing in front of the frame; long ones may write the sender's header there.
+    if (len <= 256) assert.ok(dst.subarray(0, 12).every((b) => b === 0xee), `len ${len}: nothing in front`);
+    // Materialized (a checksum completed) or released: the frame is no longer (only) in the sender's buffer.
+    p.materialize();
+    assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
+    p.attachWords([view], 12, len, words, (at + 12) / 4);
+    p.release();
+    assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
+    // Attached the byte way, or reset from our own buffer: not for the word path either.
+    p.attach([view], 12, len);
+    assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
+    p.attachWords([view], 12, len, words, (at + 12) / 4);
+    p.buffer.set(bytes);
+    p.reset(len);
+    assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
+  }
+  // Shorter than an Ethernet header: attached the byte way, so never written by words past its end.
+  const mem = new SharedArrayBuffer(256);
+  const view = new Uint8Array(mem, 64, 12 + 13);
+  view.set(Uint8Array.from({ length: 13 }, (_, i) => i + 1), 12);
+  const p = new Packet();
+  p.attachWords([view], 12, 13, new Uint32Array(mem), (64 + 12) / 4);
+  assert.equal(p.length, 13);
+  assert.equal(p.dstKey, 0x0102_0304_0506);
+  assert.equal(p.copyToWords(new Uint32Array(256), 3, [new Uint8Array(1024)], 12), false);
+  assert.deepEqual([...p.frame], Array.from({ length: 13 }, (_, i) => i + 1));
+});
