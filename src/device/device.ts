@@ -49,9 +49,10 @@ export interface VirtioDevice {
    * and hands each to {@link handleChain}; devices that consume buffers on their own schedule (network receive)
    * implement this instead. It is also called for a started ring that is disabled (`vring.enabled` false): the
    * device must then consume buffers without side effects (e.g. drop transmitted packets), as the protocol asks.
-   * Throwing marks the ring broken.
+   * Throwing marks the ring broken. Return true when stopping with buffers left (after about `PASS_BUDGET`
+   * chains, so that a guest keeping the ring full cannot keep the thread): another pass follows without a kick.
    */
-  onAvailable?(vring: Vring): void;
+  onAvailable?(vring: Vring): void | boolean;
 
   /**
    * May the framework's poll loop watch queue `index`? Default: yes with {@link handleChain}, no with

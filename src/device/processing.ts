@@ -8,7 +8,11 @@ import type { Vring } from './vring.js';
 /** What processes a ring's buffers: a device, or a device's per-thread queue handler on a worker. */
 export interface RingHandler {
   handleChain?(vring: Vring, chain: DescriptorChain): void;
-  onAvailable?(vring: Vring): void;
+  /**
+   * Take the ring's buffers on the handler's own schedule. Return true when the handler stopped with buffers
+   * left (it should stop after about {@link PASS_BUDGET}): another pass follows soon, without a kick.
+   */
+  onAvailable?(vring: Vring): void | boolean;
   /**
    * May the poll loop watch queue `index`? Default: yes for chain handlers, no for handlers with `onAvailable`
    * (they consume buffers on their own schedule and may manage a ring's notifications themselves).
@@ -51,7 +55,7 @@ export function processRing(handler: RingHandler, vring: Vring): PassResult {
   try {
     if (handler.onAvailable) {
       try {
-        handler.onAvailable(vring);
+        if (handler.onAvailable(vring) === true) result = PassResult.MORE;
       } catch (err) {
         vring.fail(err as Error);
       }

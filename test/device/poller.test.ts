@@ -218,3 +218,46 @@ test(`notification mode with EVENT_IDX: a pass that ends exactly at the budget s
     cleanup();
   }
 });
+
+/** Takes at most 100 chains per call and says so when it stops with more left. */
+class BudgetDevice extends EchoDevice {
+  calls = 0;
+  constructor() {
+    super(1);
+  }
+
+  onAvailable(vring: Vring): boolean {
+    this.calls++;
+    let n = 0;
+    for (let c = n < 100 ? vring.pop() : null; c !== null; c = n < 100 ? vring.pop() : null) {
+      n++;
+      this.handleChain(vring, c);
+    }
+    return n >= 100;
+  }
+}
+
+test('an onAvailable handler that stops at its own budget gets another pass without a kick', async () => {
+  const { dir, cleanup } = tempDir();
+  const socketPath = path.join(dir, 'budget.sock');
+  const device = new BudgetDevice();
+  const server = new DeviceServer(device, { socketPath, pollUs: 0 }).listen();
+  const driver = await VirtioDriver.connect({ socketPath });
+  try {
+    await driver.startQueues(1, 256);
+    const done: Promise<number>[] = [];
+    for (let i = 0; i < 120; i++) {
+      const addr = driver.ram.alloc(2, 8);
+      driver.ram.bytes(addr, 2).set([0x61, 0x62]);
+      done.push(driver.submit(0, [{ addr, len: 2 }], [{ addr: driver.ram.alloc(8, 8), len: 8 }]));
+    }
+    const all = await Promise.race([Promise.all(done), sleep(3000).then(() => null)]);
+    assert.ok(all !== null, `only ${device.handled} of 120 served: the cut pass was not followed up`);
+    assert.equal(device.handled, 120);
+    assert.ok(device.calls >= 2, `${device.calls} passes`);
+  } finally {
+    driver.close();
+    await server.close();
+    cleanup();
+  }
+});

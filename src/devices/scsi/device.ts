@@ -14,6 +14,7 @@
  */
 import type { VirtioDevice } from '../../device/device.js';
 import type { Vring } from '../../device/vring.js';
+import { PASS_BUDGET } from '../../device/processing.js';
 import { RequestRejected } from '../../protocol/backend.js';
 import { Limits } from '../../protocol/constants.js';
 import type { MemoryRegion } from '../../memory/region.js';
@@ -385,17 +386,18 @@ export class ScsiDevice implements VirtioDevice {
     return index !== ScsiQueue.EVENT;
   }
 
-  onAvailable(vring: Vring): void {
+  onAvailable(vring: Vring): boolean {
     // Called for disabled rings too: every request here has side effects, so buffers wait for the enable.
-    if (!vring.enabled) return;
+    if (!vring.enabled) return false;
     const index = vring.index;
     if (index === EVENT) {
       this.#deliverEvents();
-      return;
+      return false;
     }
-    // Request counts are added once per pass rather than per request.
+    // Request counts are added once per pass rather than per request. At most PASS_BUDGET per pass, so that a
+    // guest keeping the ring full does not keep the thread (the framework runs the next pass at once).
     let n = 0;
-    for (let chain = vring.pop(); chain !== null; chain = vring.pop()) {
+    for (let chain = n < PASS_BUDGET ? vring.pop() : null; chain !== null; chain = n < PASS_BUDGET ? vring.pop() : null) {
       n++;
       try {
         if (index === CONTROL) this.#controlRequest(vring, chain);
@@ -408,6 +410,7 @@ export class ScsiDevice implements VirtioDevice {
       this.stats.requests += n;
       this.stats.perQueue[index - FIRST_REQUEST]! += n;
     }
+    return n >= PASS_BUDGET;
   }
 
   /**
