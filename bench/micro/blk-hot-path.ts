@@ -14,9 +14,8 @@
  * Timing on a shared machine is noisy; for a deterministic cost, count instructions with valgrind for two
  * request counts and divide the difference (see bench/micro/README.md).
  */
-import v8 from 'node:v8';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { measure, microMain, type MeasureOptions, type MicroResult, type Workload } from './measure.js';
 import { GuestRam } from '../../src/driver/guest-ram.js';
 import { Vring } from '../../src/device/vring.js';
 import { BlkDevice } from '../../src/devices/blk/device.js';
@@ -34,31 +33,9 @@ const QUEUE_SIZE = 128;
 /** Small enough that every 4 KiB block is read during the warm-up (the memory disk caches page views). */
 const DISK = 16 << 20;
 
-interface Options {
-  requests: number;
-  /** Requests before measuring (default: 64000 or an eighth of `requests`, whichever is more). */
-  warmup?: number;
-  qd: number;
+interface Options extends MeasureOptions {
   bs: number;
   inflight: boolean;
-}
-
-/** One measured run. */
-export interface MicroResult {
-  case: string;
-  requests: number;
-  /** Wall-clock time per request. */
-  nsPerRequest: number;
-  /** Process CPU time (user + system, GC threads included) per request: less sensitive to a busy machine. */
-  cpuNsPerRequest: number;
-  bytesPerRequest: number;
-  collections: number;
-}
-
-/** What runs one round: make `qd` requests available, process them, check they all came back. */
-interface Workload {
-  round(): void;
-  close(): void;
 }
 
 /** Guest RAM, rings, and per-slot header / data / status buffers with their descriptors written once. */
@@ -210,71 +187,14 @@ function makeWorkload(name: string, opts: Options): Workload {
 
 /** Run one case: warm up, then measure time and allocation over `requests` requests. */
 export function runCase(name: string, opts: Options): MicroResult {
-  const w = makeWorkload(name, opts);
-  try {
-    const rounds = Math.max(1, Math.ceil(opts.requests / opts.qd));
-    const warm = opts.warmup !== undefined ? Math.ceil(opts.warmup / opts.qd) : Math.max(2000, rounds >> 3);
-    for (let i = 0; i < warm; i++) w.round();
-    const profiler = new v8.GCProfiler();
-    const before = v8.getHeapStatistics().used_heap_size;
-    profiler.start();
-    const c0 = process.cpuUsage();
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < rounds; i++) w.round();
-    const t1 = process.hrtime.bigint();
-    const c1 = process.cpuUsage(c0);
-    const after = v8.getHeapStatistics().used_heap_size;
-    const stats = profiler.stop().statistics;
-    let freed = 0;
-    for (const s of stats) freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
-    const requests = rounds * opts.qd;
-    return {
-      case: name,
-      requests,
-      nsPerRequest: Number(t1 - t0) / requests,
-      cpuNsPerRequest: (c1.user + c1.system) * 1000 / requests,
-      bytesPerRequest: Math.max(0, after - before + freed) / requests,
-      collections: stats.length,
-    };
-  } finally {
-    w.close();
-  }
+  return measure(name, makeWorkload(name, opts), opts);
 }
 
 const ALL = ['queue', 'blk-null-read', 'blk-null-write', 'blk-memory-read', 'blk-memory-write'];
 
 function main(): void {
-  const { values } = parseArgs({
-    options: {
-      requests: { type: 'string', default: '500000' },
-      warmup: { type: 'string' },
-      qd: { type: 'string', default: '32' },
-      bs: { type: 'string', default: '4096' },
-      cases: { type: 'string', default: ALL.join(',') },
-      inflight: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-    },
-  });
-  const opts: Options = {
-    requests: Number(values.requests),
-    warmup: values.warmup === undefined ? undefined : Number(values.warmup),
-    qd: Number(values.qd),
-    bs: Number(values.bs),
-    inflight: values.inflight,
-  };
-  const results: MicroResult[] = [];
-  for (const name of values.cases.split(',')) results.push(runCase(name, opts));
-  if (values.json) {
-    console.log(JSON.stringify({ node: process.version, ...opts, results }, null, 2));
-    return;
-  }
-  console.log(`node ${process.version}, qd ${opts.qd}, bs ${opts.bs}, inflight ${opts.inflight ? 'on' : 'off'}`);
-  console.log('case                 requests   ns/req  cpu ns/req  bytes/req  GCs');
-  for (const r of results) {
-    console.log(`${r.case.padEnd(20)} ${String(r.requests).padStart(8)} ${r.nsPerRequest.toFixed(0).padStart(8)} ` +
-      `${r.cpuNsPerRequest.toFixed(0).padStart(11)} ${r.bytesPerRequest.toFixed(1).padStart(10)} ` +
-      `${String(r.collections).padStart(4)}`);
-  }
+  microMain(ALL, ['inflight'], (a) => ({ requests: a.requests, warmup: a.warmup, qd: a.qd, bs: a.bs, inflight: a.flags.inflight! }),
+    runCase, (o) => `node ${process.version}, qd ${o.qd}, bs ${o.bs}, inflight ${o.inflight ? 'on' : 'off'}`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) main();

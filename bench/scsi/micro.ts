@@ -18,9 +18,8 @@
  * Prints ns/request and bytes allocated per request (exact, with `v8.GCProfiler`). For a deterministic cost,
  * count instructions with valgrind at two request counts and divide the difference (see bench/scsi/README.md).
  */
-import v8 from 'node:v8';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { measure, microMain, type MeasureOptions, type MicroResult, type Workload } from '../micro/measure.js';
 import { GuestRam } from '../../src/driver/guest-ram.js';
 import { processRing } from '../../src/device/processing.js';
 import { Vring } from '../../src/device/vring.js';
@@ -44,27 +43,8 @@ const BLOCK = 512;
 const REQ_HEADER = VirtioScsi.REQUEST_HEADER_BASE + VirtioScsi.DEFAULT_CDB_SIZE;
 const RESP_HEADER = VirtioScsi.RESPONSE_HEADER_BASE + VirtioScsi.DEFAULT_SENSE_SIZE;
 
-interface Options {
-  requests: number;
-  /** Requests before measuring (default: 64000 or an eighth of `requests`, whichever is more). */
-  warmup?: number;
-  qd: number;
+interface Options extends MeasureOptions {
   bs: number;
-}
-
-/** One measured run. */
-export interface MicroResult {
-  case: string;
-  requests: number;
-  nsPerRequest: number;
-  cpuNsPerRequest: number;
-  bytesPerRequest: number;
-  collections: number;
-}
-
-interface Workload {
-  round(): void;
-  close(): void;
 }
 
 type Command = 'read10' | 'read16' | 'write10';
@@ -276,69 +256,14 @@ function makeWorkload(name: string, opts: Options): Workload {
 
 /** Run one case: warm up, then measure time and allocation over `requests` requests. */
 export function runCase(name: string, opts: Options): MicroResult {
-  const w = makeWorkload(name, opts);
-  try {
-    const rounds = Math.max(1, Math.ceil(opts.requests / opts.qd));
-    const warm = opts.warmup !== undefined ? Math.ceil(opts.warmup / opts.qd) : Math.max(2000, rounds >> 3);
-    for (let i = 0; i < warm; i++) w.round();
-    const profiler = new v8.GCProfiler();
-    const before = v8.getHeapStatistics().used_heap_size;
-    profiler.start();
-    const c0 = process.cpuUsage();
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < rounds; i++) w.round();
-    const t1 = process.hrtime.bigint();
-    const c1 = process.cpuUsage(c0);
-    const after = v8.getHeapStatistics().used_heap_size;
-    const stats = profiler.stop().statistics;
-    let freed = 0;
-    for (const s of stats) freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
-    const requests = rounds * opts.qd;
-    return {
-      case: name,
-      requests,
-      nsPerRequest: Number(t1 - t0) / requests,
-      cpuNsPerRequest: (c1.user + c1.system) * 1000 / requests,
-      bytesPerRequest: Math.max(0, after - before + freed) / requests,
-      collections: stats.length,
-    };
-  } finally {
-    w.close();
-  }
+  return measure(name, makeWorkload(name, opts), opts);
 }
 
 const ALL = ['scsi-null-read10', 'scsi-null-read16', 'scsi-null-write10', 'scsi-memory-read16', 'lu-null-read10'];
 
 function main(): void {
-  const { values } = parseArgs({
-    options: {
-      requests: { type: 'string', default: '500000' },
-      warmup: { type: 'string' },
-      qd: { type: 'string', default: '32' },
-      bs: { type: 'string', default: '4096' },
-      cases: { type: 'string', default: ALL.join(',') },
-      json: { type: 'boolean', default: false },
-    },
-  });
-  const opts: Options = {
-    requests: Number(values.requests),
-    warmup: values.warmup === undefined ? undefined : Number(values.warmup),
-    qd: Number(values.qd),
-    bs: Number(values.bs),
-  };
-  const results: MicroResult[] = [];
-  for (const name of values.cases.split(',')) results.push(runCase(name, opts));
-  if (values.json) {
-    console.log(JSON.stringify({ node: process.version, ...opts, results }, null, 2));
-    return;
-  }
-  console.log(`node ${process.version}, qd ${opts.qd}, bs ${opts.bs}`);
-  console.log('case                 requests   ns/req  cpu ns/req  bytes/req  GCs');
-  for (const r of results) {
-    console.log(`${r.case.padEnd(20)} ${String(r.requests).padStart(8)} ${r.nsPerRequest.toFixed(0).padStart(8)} ` +
-      `${r.cpuNsPerRequest.toFixed(0).padStart(11)} ${r.bytesPerRequest.toFixed(1).padStart(10)} ` +
-      `${String(r.collections).padStart(4)}`);
-  }
+  microMain(ALL, [], (a) => ({ requests: a.requests, warmup: a.warmup, qd: a.qd, bs: a.bs }), runCase,
+    (o) => `node ${process.version}, qd ${o.qd}, bs ${o.bs}`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) main();
