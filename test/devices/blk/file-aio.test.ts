@@ -114,6 +114,43 @@ test('io_uring on tmpfs: ZERO_RANGE is unsupported there, so write-zeroes falls 
   }
 });
 
+test('io_uring on tmpfs: transfers of 64 KiB and more go to the thread pool, smaller ones to the ring', async (t) => {
+  if (!needUring(t)) return;
+  if (!fs.existsSync('/dev/shm')) return t.skip('no /dev/shm');
+  const shmDir = fs.mkdtempSync('/dev/shm/vhost-aio-');
+  const { dir, cleanup } = tempDir();
+  try {
+    const s = FileStorage.open(path.join(shmDir, 'disk.img'), { size: 1 << 20, aio: 'io_uring' });
+    const ops = (): number => s.uringStats!.operations;
+    const big = pattern(65536, 5);
+    let before = ops();
+    await run((d) => s.write([big.subarray(0, 32768), big.subarray(32768)], 0, d));
+    assert.deepEqual(Buffer.from(await readBack(s, 0, 65536)), Buffer.from(big));
+    assert.equal(ops(), before, '64 KiB write and read: not on the ring');
+    before = ops();
+    assert.deepEqual(Buffer.from(await readBack(s, 4096, 4096)), Buffer.from(big.subarray(4096, 8192)));
+    await run((d) => s.write([big.subarray(0, 512)], 65536, d));
+    assert.equal(ops(), before + 2, 'small transfers: on the ring');
+    await s.close();
+
+    // On a filesystem that reads without blocking (and with threadsFrom: Infinity on tmpfs) the ring does all.
+    const TMPFS_MAGIC = 0x01021994;
+    const cases = [[path.join(shmDir, 'disk2.img'), { threadsFrom: Infinity }]] as [string, { threadsFrom?: number }][];
+    if (fs.statfsSync(dir).type !== TMPFS_MAGIC) cases.push([path.join(dir, 'disk.img'), {}]);
+    for (const [file, options] of cases) {
+      const f = FileStorage.open(file, { size: 1 << 20, aio: 'io_uring', ...options });
+      const b = f.uringStats!.operations;
+      await run((d) => f.write([big], 0, d));
+      assert.deepEqual(Buffer.from(await readBack(f, 0, 65536)), Buffer.from(big));
+      assert.equal(f.uringStats!.operations, b + 2, `${file}: on the ring`);
+      await f.close();
+    }
+  } finally {
+    fs.rmSync(shmDir, { recursive: true, force: true });
+    cleanup();
+  }
+});
+
 test('io_uring: I/O errors reach the callback as system errors with errno and syscall', async (t) => {
   if (!needUring(t)) return;
   const { dir, cleanup } = tempDir();
