@@ -83,13 +83,6 @@ function putFrame(chain: DescriptorChain, at: number, packet: Packet, from: numb
   }
 }
 
-/** Per transmit ring: the continuation pass scheduled for what one pass left. */
-interface TxState {
-  scheduled: boolean;
-  /** Runs a continuation pass (made once per queue index: nothing is allocated per pass). */
-  readonly run: () => void;
-}
-
 /** (Explicit comparisons: a bare truthiness test of a field is a generic ToBoolean, ~10 instructions.) */
 function ready(v: Vring | undefined): v is Vring {
   return v !== undefined && v.started === true && v.enabled === true && v.error === undefined;
@@ -143,7 +136,6 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   #ctrlPairs: number | undefined;
   /** Started rings of the current frontend, by queue index. */
   readonly #rings: (Vring | undefined)[];
-  readonly #tx: TxState[];
   readonly #packet = new Packet();
   /** A header built here when the chain's first buffer cannot take it in place. */
   readonly #rxHdr = new Uint8Array(NET_HDR_SIZE);
@@ -185,7 +177,6 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#configuredMac = mac;
     this.#mac = mac;
     this.#rings = new Array<Vring | undefined>(this.numQueues).fill(undefined);
-    this.#tx = Array.from({ length: this.numQueues }, (_, i) => this.#txState(i));
     this.filter.reset(macKeyAt(mac, 0));
     this.#writeConfig();
     this.#switch = sw;
@@ -296,11 +287,12 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     if (n > 0) this.#log.debug(`frontend gone: forgot ${n} address(es)`);
   }
 
-  onAvailable(vring: Vring): void {
+  onAvailable(vring: Vring): boolean {
     const i = vring.index;
     if (i === this.#ctrlIndex) this.#serveControl(vring);
-    else if ((i & 1) === 1) this.#drainTx(vring);
+    else if ((i & 1) === 1) return this.#drainTx(vring);
     // Receive rings: buffers are taken when frames arrive.
+    return false;
   }
 
   /** The framework's poll loop watches the transmit rings only (receive buffers wait for frames). */
@@ -318,35 +310,15 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
 
   // ---- transmit: guest -> switch ----
 
-  #txState(index: number): TxState {
-    const state: TxState = {
-      scheduled: false,
-      run: () => {
-        state.scheduled = false;
-        const vring = this.#rings[index];
-        if (vring === undefined || !vring.started || vring.error !== undefined) return;
-        const token = vring.beginBatch();
-        try {
-          this.#drainTx(vring);
-        } catch (err) {
-          vring.fail(err as Error);
-        } finally {
-          vring.endBatch(token);
-        }
-      },
-    };
-    return state;
-  }
-
   /**
-   * New transmit buffers (a kick, a poll, a start or an enable): one pass over what is available. A pass that
-   * stopped at its limit with more waiting leaves a continuation on the next event-loop turn, so nothing waits
-   * for a kick the driver may not send.
+   * New transmit buffers (a kick, a poll, a start or an enable): one pass over what is available. Returns true
+   * when the pass stopped at its limit: the framework then runs another pass without waiting for a kick (even if
+   * the ring looks empty now, since only a pop that finds it empty asks the driver for the next kick).
    */
-  #drainTx(vring: Vring): void {
+  #drainTx(vring: Vring): boolean {
     if (vring.enabled === false) {
       this.#discardTx(vring);
-      return;
+      return false;
     }
     const max = this.#txBurst > 0 ? this.#txBurst : vring.size;
     // Counted once per pass: a counter bumped per frame is a load, an add and a store into another object.
@@ -383,13 +355,7 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#packet.release();
     // Receivers publish what this pass gave them: one used-ring update and at most one notification each.
     if (n > 0) this.#switch.publishReceived();
-    if (n === max && vring.hasAvailable()) {
-      const state = this.#tx[vring.index]!;
-      if (!state.scheduled) {
-        state.scheduled = true;
-        setImmediate(state.run);
-      }
-    }
+    return n === max;
   }
 
   /**
