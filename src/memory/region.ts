@@ -111,6 +111,15 @@ export class MemoryRegion {
    */
   readonly u32: Uint32Array | null;
 
+  /**
+   * The index in {@link u32} of the word at buffer offset `offset`, or -1 when there is none to use: no word view,
+   * an offset that is not a multiple of 4, or one at or past 4 GiB (where `>>> 2` would wrap). Callers check
+   * that the bytes they read lie in the region; the index is then inside {@link u32}.
+   */
+  wordIndex(offset: number): number {
+    return this.u32 !== null && (offset & 3) === 0 && offset < 4294967296 ? offset >>> 2 : -1;
+  }
+
   /** Free the mapping (once; later calls do nothing). Views into it must not be used afterwards. */
   release(): void {
     if (this.#released) return;

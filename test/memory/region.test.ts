@@ -112,3 +112,14 @@ test('mapRegionWith unmaps again when the mapping cannot be used', () => {
   assert.throws(() => mapRegionWith(short, 7, desc), MemoryError);
   assert.deepEqual(log, ['mmap 4607', 'unmap 4607']);
 });
+
+test('wordIndex: the u32 index of an aligned offset below 4 GiB, else -1', () => {
+  const r = MemoryRegion.fromBuffer({ guestPhysAddr: 0, size: 4096, userAddr: 0x1000, mmapOffset: 0 },
+    new SharedArrayBuffer(4096));
+  assert.ok(r.u32 !== null);
+  assert.equal(r.wordIndex(0), 0);
+  assert.equal(r.wordIndex(4092), 1023);
+  for (const off of [1, 2, 3, 4094]) assert.equal(r.wordIndex(off), -1, `misaligned ${off}`);
+  // `>>> 2` would wrap these to small indices: a write there would land 4 GiB (or 8) too low.
+  for (const off of [2 ** 32, 2 ** 32 + 4, 2 ** 33]) assert.equal(r.wordIndex(off), -1, `offset ${off}`);
+});

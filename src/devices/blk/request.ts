@@ -66,11 +66,9 @@ export function readHeader(chain: DescriptorChain, out: BlkHeader, scratch: Uint
   if (chain.readableLengths[0]! >= Blk.HEADER_SIZE) {
     // In place through the region's word view when aligned (the usual case): no byte assembly.
     const region = chain.readableRegions[0];
-    const off = chain.readableOffsets[0]!;
-    const words = region != null && (off & 3) === 0 && off < TWO_32 ? region.u32 : null;
-    if (words !== null) {
-      // An integer index (`off / 4` would be a float one, which the compiled code boxes).
-      const w = off >>> 2;
+    const w = region != null ? region.wordIndex(chain.readableOffsets[0]!) : -1;
+    if (w >= 0) {
+      const words = region!.u32!;
       out.type = words[w]!;
       out.sector = words[w + 3]! * TWO_32 + words[w + 2]!;
       return true;

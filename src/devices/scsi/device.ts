@@ -17,7 +17,6 @@ import type { Vring } from '../../device/vring.js';
 import { PASS_BUDGET } from '../../device/processing.js';
 import { RequestRejected } from '../../protocol/backend.js';
 import { Limits } from '../../protocol/constants.js';
-import type { MemoryRegion } from '../../memory/region.js';
 import type { DescriptorChain } from '../../virtqueue/chain.js';
 import { DeviceId, ScsiFeature, featureMask, hasFeature } from '../../virtio/constants.js';
 import { logger as makeLogger, type Logger } from '../../util/log.js';
@@ -215,9 +214,6 @@ export class ScsiDevice implements VirtioDevice {
   #eventsMissed = false;
   /** Free requests, linked through `nextFree`. */
   #free: ScsiRequest | null = null;
-  /** The region {@link #words} last looked up, and its word view. */
-  #wordsRegion: MemoryRegion | null = null;
-  #wordsView: Uint32Array | null = null;
   /** The request being started by #request (for #internalError). */
   #starting: ScsiRequest | null = null;
   /** Bytes of the request header before the data-out buffers (19 + cdb_size), and of the response (12 + sense_size). */
@@ -372,8 +368,6 @@ export class ScsiDevice implements VirtioDevice {
     this.#eventsMissed = false;
     // Pooled requests still hold views of the old guest memory.
     this.#free = null;
-    this.#wordsRegion = null;
-    this.#wordsView = null;
     // A new driver meets the units as after power-on.
     for (const { unit } of this.bus.units()) unit.powerOn();
   }
@@ -451,11 +445,10 @@ export class ScsiDevice implements VirtioDevice {
     // byte-wise CDB copy. Otherwise byte by byte, from the buffer or from a copy when the header is split. Either
     // way every field is read once, so a guest rewriting it meanwhile cannot make us see two different values.
     const region = chain.readableRegions[0];
-    const off = chain.readableOffsets[0]!;
-    const u = region !== null && region !== undefined && (off & 3) === 0 && chain.readableLengths[0]! >= WORD_HEADER &&
-      this.#cdbSize >= CDB_COPY ? this.#words(region) : null;
-    if (u === null) return this.#requestBytes(vring, chain, headerSize, responseSize, dataOutLength, dataInLength);
-    const i = off >>> 2;
+    const i = region !== null && region !== undefined && chain.readableLengths[0]! >= WORD_HEADER &&
+      this.#cdbSize >= CDB_COPY ? region.wordIndex(chain.readableOffsets[0]!) : -1;
+    if (i < 0) return this.#requestBytes(vring, chain, headerSize, responseSize, dataOutLength, dataInLength);
+    const u = region!.u32!;
     const w0 = u[i]!;
     const target = this.bus.target((w0 & 0xff) === 1 ? (w0 >>> 8) & 0xff : -1);
     if (target === undefined) return this.#badTarget(vring, chain, dataOutLength, dataInLength);
@@ -478,19 +471,6 @@ export class ScsiDevice implements VirtioDevice {
     cdb[2] = (w6 >>> 24) | (w7 << 8);
     cdb[3] = (w7 >>> 24) | (w8 << 8);
     this.#dispatch(req, chain, target, lun, headerSize, responseSize, dataOutLength, dataInLength);
-  }
-
-  /**
-   * The region's memory as 32-bit words (null when the engine cannot make such a view). The region's own getter
-   * is not inlined; the last region's words are kept here instead (requests nearly always use one region). A new
-   * memory table means new region objects, so an old region's words are never used for a new one.
-   */
-  #words(region: MemoryRegion): Uint32Array | null {
-    if (region !== this.#wordsRegion) {
-      this.#wordsRegion = region;
-      this.#wordsView = region.u32;
-    }
-    return this.#wordsView;
   }
 
   /** BAD_TARGET: no target at that address. */
@@ -605,10 +585,10 @@ export class ScsiDevice implements VirtioDevice {
     // In place when the first writable buffer holds the response (it always does for Linux): three words when it
     // starts on a word boundary (sense_len 0, residual, then status_qualifier 0, status, response), else bytes.
     const region = chain.writableRegions[0];
-    const off = chain.writableOffsets[0]!;
-    const u = senseLength === 0 && region !== null && region !== undefined && (off & 3) === 0 ? this.#words(region) : null;
-    if (u !== null && chain.writableLengths[0]! >= RESPONSE_HEADER_BASE) {
-      const i = off >>> 2;
+    const i = senseLength === 0 && region !== null && region !== undefined && chain.writableLengths[0]! >= RESPONSE_HEADER_BASE
+      ? region.wordIndex(chain.writableOffsets[0]!) : -1;
+    if (i >= 0) {
+      const u = region!.u32!;
       u[i] = 0;
       u[i + 1] = residual;
       u[i + 2] = (req.status << 16) | (response << 24);
