@@ -45,9 +45,8 @@ export class RingPoller {
   readonly #handler: RingHandler;
   readonly #maxUs: number;
   #windowUs: number;
-  readonly #rings = new Set<Vring>();
-  /** {@link #rings} as an array, for the spin (iterating a Set costs more). */
-  #ringList: Vring[] = [];
+  /** The polled rings: an array, not a Set (the spin iterates it every pass; replaced, not changed, on add/remove). */
+  #rings: Vring[] = [];
   #polling = false;
   #lastWork = 0;
   #sleepSince = -1;
@@ -75,15 +74,15 @@ export class RingPoller {
   /** A started ring this thread serves (ignored when the handler does not let it be polled). */
   add(vring: Vring): void {
     if (!(this.#handler.pollQueue?.(vring.index) ?? this.#handler.onAvailable === undefined)) return;
-    this.#rings.add(vring);
-    this.#ringList = [...this.#rings];
+    if (this.#rings.includes(vring)) return;
+    this.#rings = [...this.#rings, vring];
     if (this.#polling) vring.setNotification(false);
   }
 
   /** The ring stops (or goes away): never process it again, and leave its kicks on for whoever runs it next. */
   remove(vring: Vring): void {
-    if (!this.#rings.delete(vring)) return;
-    this.#ringList = [...this.#rings];
+    if (!this.#rings.includes(vring)) return;
+    this.#rings = this.#rings.filter((v) => v !== vring);
     vring.setNotification(true);
   }
 
@@ -97,7 +96,7 @@ export class RingPoller {
     vring.polledAvailIdx = vring.availIdx();
     const result = processRing(this.#handler, vring);
     if (result === PassResult.SKIPPED) return;
-    if (this.#maxUs === 0 || this.#windowUs === 0 || this.#polling || !this.#rings.has(vring)) {
+    if (this.#maxUs === 0 || this.#windowUs === 0 || this.#polling || !this.#rings.includes(vring)) {
       if (this.#polling) {
         if (result === PassResult.MORE) vring.polledAvailIdx = -1;
       } else {
@@ -144,7 +143,7 @@ export class RingPoller {
       let busy = false;
       let inflight = false;
       // Read again each pass: processing may add or remove rings.
-      const rings = this.#ringList;
+      const rings = this.#rings;
       for (let i = 0; i < rings.length; i++) {
         const v = rings[i]!;
         // New buffers since the last pass (not merely buffers waiting: a receive ring holds buffers until
