@@ -23,7 +23,7 @@ export { ProtocolError } from './protocol/message.js';
 export * from './protocol/constants.js';
 export { GuestMemory } from './memory/guest-memory.js';
 export { MemoryRegion } from './memory/region.js';
-export { DescriptorChain } from './virtqueue/chain.js';
+export { DescriptorChain, SingleBuffer } from './virtqueue/chain.js';
 export { SplitQueue } from './virtqueue/split-queue.js';
 export { DriverQueue } from './virtqueue/driver-queue.js';
 export { ChainError, ChainErrorKind, QueueError } from './virtqueue/errors.js';

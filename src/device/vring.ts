@@ -4,7 +4,7 @@
  */
 import { native, closeQuietly, Readiness, type FdWatcher } from '../native/index.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
-import type { DescriptorChain } from '../virtqueue/chain.js';
+import { SingleBuffer, type DescriptorChain } from '../virtqueue/chain.js';
 import { SplitQueue } from '../virtqueue/split-queue.js';
 import type { InflightQueue } from '../virtqueue/inflight.js';
 import type { Logger } from '../util/log.js';
@@ -243,6 +243,31 @@ export class Vring {
     return chain;
   }
 
+  /** Where the buffer {@link popSingle} took is (valid until the next popSingle). */
+  readonly single = new SingleBuffer();
+
+  /**
+   * {@link pop} without a chain object or views, for the most common transmit layout: when the next chain is one
+   * device-readable buffer inside one memory region, take it, put where it is into {@link single}, and return
+   * its head; complete it with {@link completeHead}. Returns -1 when there is nothing to take (as pop's null),
+   * and -2, having taken nothing, when the next chain is anything else: then {@link pop} it.
+   */
+  popSingle(): number {
+    const queue = this.#queue;
+    if (queue === undefined || this.#error !== undefined || this.#stopping) return -1;
+    // Chains a previous backend left in flight go first, as chain objects.
+    if (this.#resubmit.length > 0) return -2;
+    let head: number;
+    try {
+      head = queue.popSingle(this.single);
+    } catch (err) {
+      this.fail(err as Error);
+      return -1;
+    }
+    if (head >= 0) this.#inflightCount++;
+    return head;
+  }
+
   /**
    * The driver's avail.idx (u16), or -1 when the ring cannot be processed (not started, broken, stopping).
    * Chains the previous backend left in flight count as one more change so they are not overlooked.
@@ -279,10 +304,15 @@ export class Vring {
    * driver notified once per batch (end of the current processing pass, or a microtask later for async work).
    */
   complete(chain: DescriptorChain, len: number): void {
+    this.completeHead(chain.head, len);
+  }
+
+  /** {@link complete} by head: for what {@link popSingle} took. */
+  completeHead(head: number, len: number): void {
     const queue = this.#queue;
     this.#inflightCount--;
     if (queue !== undefined && this.#error === undefined) {
-      queue.push(chain.head, len);
+      queue.push(head, len);
       if (++this.#unpublished >= PUBLISH_EVERY) {
         this.#unpublished = 0;
         queue.publish();

@@ -3,6 +3,7 @@
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { MemoryRegion } from '../memory/region.js';
+import { ViewCache } from '../memory/view-cache.js';
 import { copyFromViews, copyToViews, emptyViewList, viewsLength } from '../util/views.js';
 import { ChainError, ChainErrorKind } from './errors.js';
 import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.js';
@@ -155,8 +156,19 @@ export class DescriptorChain {
 
 /** Most entries of a walker's view cache. */
 const VIEW_CACHE_MAX = 4096;
-/** Placeholder in empty view cache slots (keeps the array's elements of one kind). */
-const NO_VIEW = new Uint8Array(0);
+
+/**
+ * Where the buffer of a one-buffer chain is, as numbers ({@link ChainWalker.single}): the whole chain is one
+ * direct, device-readable descriptor inside one memory region (the usual transmit buffer of a network driver).
+ */
+export class SingleBuffer {
+  /** The region the buffer lies in. */
+  region: MemoryRegion | null = null;
+  /** Where the buffer starts in the region's `buffer`. */
+  offset = 0;
+  /** Its length in bytes (> 0). */
+  length = 0;
+}
 
 /**
  * Walks chains of one descriptor table. Every read is bounded: at most as many steps as the table (or indirect
@@ -183,12 +195,7 @@ export class ChainWalker {
   // Result slots of #loadIndirect, to avoid allocating a tuple per indirect chain.
   #tbl: Uint32Array = this.#scratch;
   #base = 0;
-  // The view cache, direct-mapped by a hash of (offset, length): region, buffer offset, length and view per slot.
-  readonly #cacheRegion: (MemoryRegion | null)[] = [];
-  readonly #cacheView: Uint8Array[] = [];
-  readonly #cacheOffset: Float64Array;
-  readonly #cacheLength: Uint32Array;
-  readonly #cacheShift: number;
+  readonly #cache: ViewCache;
   /** Memory table generation the cache was filled under: a new table empties it (to let old regions go). */
   #cacheGeneration: number;
   /** Scratch list for a buffer that crosses regions (rare). */
@@ -199,17 +206,7 @@ export class ChainWalker {
     this.table = table;
     this.size = size;
     this.maxChainLength = size;
-    let bits = 6;
-    while ((1 << bits) < VIEW_CACHE_MAX && (1 << bits) < 4 * size) bits++;
-    const slots = 1 << bits;
-    // Filled by push, not `new Array(n)`: packed arrays, not holey ones.
-    for (let k = 0; k < slots; k++) {
-      this.#cacheRegion.push(null);
-      this.#cacheView.push(NO_VIEW);
-    }
-    this.#cacheOffset = new Float64Array(slots);
-    this.#cacheLength = new Uint32Array(slots); // 0 never matches: buffers are never empty
-    this.#cacheShift = 32 - bits;
+    this.#cache = new ViewCache(4 * size < VIEW_CACHE_MAX ? 4 * size : VIEW_CACHE_MAX);
     this.#cacheGeneration = mem.generation;
   }
 
@@ -222,6 +219,28 @@ export class ChainWalker {
     if (this.mem.generation !== this.#cacheGeneration) this.#clearCache();
     if (this.#walkDirect(head, chain)) return chain;
     return this.#walkAny(head, chain);
+  }
+
+  /**
+   * If the chain at `head` (which the caller checked is < size) is one direct, device-readable descriptor inside
+   * one region, put where its buffer is into `out` and return true; otherwise return false, having decided
+   * nothing (walk it with {@link walk}, which has every check and the precise error). No views are made.
+   */
+  single(head: number, out: SingleBuffer): boolean {
+    const tbl = this.table;
+    const w = head << 2;
+    const lo = tbl[w]!;
+    const hi = tbl[w + 1]!;
+    const len = tbl[w + 2]!;
+    // No NEXT, WRITE or INDIRECT flag (nor any other: the flags are the low half of the last word).
+    if ((tbl[w + 3]! & 0xffff) !== 0 || len === 0 || hi >= HI_LIMIT) return false;
+    const addr = lo + hi * TWO_32;
+    const r = this.mem.gpaRegion(addr, len);
+    if (r === undefined) return false;
+    out.region = r;
+    out.offset = r.mmapOffset + (addr - r.guestPhysAddr);
+    out.length = len;
+    return true;
   }
 
   /**
@@ -292,19 +311,7 @@ export class ChainWalker {
     r: MemoryRegion, off: number, len: number): number {
     // The view this chain had here last time (the four lists are always equally long).
     if (n < regions.length && regions[n] === r && offsets[n] === off && lengths[n] === len) return n + 1;
-    // Fibonacci hashing of the low 32 bits of the offset, mixed with the length.
-    const k = Math.imul((off ^ Math.imul(len, 0x85ebca6b)) | 0, 0x9e3779b1) >>> this.#cacheShift;
-    let v: Uint8Array;
-    if (this.#cacheRegion[k] === r && this.#cacheOffset[k] === off && this.#cacheLength[k] === len) {
-      v = this.#cacheView[k]!;
-    } else {
-      v = new Uint8Array(r.buffer, off, len);
-      this.#cacheRegion[k] = r;
-      this.#cacheOffset[k] = off;
-      this.#cacheLength[k] = len;
-      this.#cacheView[k] = v;
-    }
-    list[n] = v;
+    list[n] = this.#cache.get(r, off, len);
     regions[n] = r;
     offsets[n] = off;
     lengths[n] = len;
@@ -439,9 +446,7 @@ export class ChainWalker {
   }
 
   #clearCache(): void {
-    this.#cacheRegion.fill(null);
-    this.#cacheView.fill(NO_VIEW);
-    this.#cacheLength.fill(0);
+    this.#cache.clear();
     this.#cacheGeneration = this.mem.generation;
   }
 

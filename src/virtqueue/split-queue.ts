@@ -6,7 +6,7 @@
  * ordered by those.
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { ChainWalker, DescriptorChain } from './chain.js';
+import { ChainWalker, DescriptorChain, type SingleBuffer } from './chain.js';
 import { ChainError, ChainErrorKind, QueueError } from './errors.js';
 import type { InflightQueue } from './inflight.js';
 import {
@@ -317,20 +317,8 @@ export class SplitQueue {
   pop(): DescriptorChain | null {
     const avail = this.#avail;
     if (avail === null || this.#error !== null) return null;
+    if (!this.#hasNext(avail)) return null;
     const last = this.#lastAvail;
-    if (last === this.#availSeen) {
-      let idx = Atomics.load(avail, 1);
-      if (idx === last) {
-        if (!this.#eventIdx || !this.#notify) return null;
-        // Ask for a kick at the next buffer, then look again: the driver may have added one before seeing it.
-        Atomics.store(this.#usedU16!, 2 + 4 * this.size, last);
-        idx = Atomics.load(avail, 1);
-        if (idx === last) return null;
-      }
-      const n = (idx - last) & 0xffff;
-      if (n > this.size) this.#jump(n);
-      this.#availSeen = idx;
-    }
     const head = avail[2 + (last & this.#mask)]!;
     if (head >= this.size) {
       this.#fail(new ChainError(ChainErrorKind.HEAD_OUT_OF_RANGE,
@@ -340,6 +328,51 @@ export class SplitQueue {
     this.#lastAvail = (last + 1) & 0xffff;
     this.#inflight?.markInflight(head);
     return chain;
+  }
+
+  /**
+   * Is a chain available at {@link lastAvailIdx}? avail.idx is read (an engine call) only when the chains seen at
+   * the last read are used up. With EVENT_IDX and notifications on, finding the ring empty asks the driver to
+   * kick for the next buffer.
+   */
+  #hasNext(avail: Uint16Array): boolean {
+    const last = this.#lastAvail;
+    if (last !== this.#availSeen) return true;
+    let idx = Atomics.load(avail, 1);
+    if (idx === last) {
+      if (!this.#eventIdx || !this.#notify) return false;
+      // Ask for a kick at the next buffer, then look again: the driver may have added one before seeing it.
+      Atomics.store(this.#usedU16!, 2 + 4 * this.size, last);
+      idx = Atomics.load(avail, 1);
+      if (idx === last) return false;
+    }
+    const n = (idx - last) & 0xffff;
+    if (n > this.size) this.#jump(n);
+    this.#availSeen = idx;
+    return true;
+  }
+
+  /**
+   * {@link pop} for the most common transmit layout, without a chain object or views: when the next available
+   * chain is one direct, device-readable descriptor inside one region, take it, put where its buffer is into
+   * `out`, and return its head (complete it with {@link push} of that head, as for a popped chain). Returns -1
+   * when nothing is available (with EVENT_IDX and notifications on, asking for the next kick, as pop does), and
+   * -2, having taken nothing, when the next chain is anything else (or its head is out of range or in flight):
+   * then {@link pop} it, which walks it with every check and raises the precise error.
+   * @throws ChainError AVAIL_INDEX_JUMP (the queue is then broken).
+   */
+  popSingle(out: SingleBuffer): number {
+    const avail = this.#avail;
+    if (avail === null || this.#error !== null) return -1;
+    if (!this.#hasNext(avail)) return -1;
+    const last = this.#lastAvail;
+    const head = avail[2 + (last & this.#mask)]!;
+    if (head >= this.size || this.#inUse[head] !== 0 || !this.#walker!.single(head, out)) return -2;
+    this.#inUse[head] = 1;
+    this.#inFlight++;
+    this.#lastAvail = (last + 1) & 0xffff;
+    this.#inflight?.markInflight(head);
+    return head;
   }
 
   /**

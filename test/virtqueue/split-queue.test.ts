@@ -8,6 +8,7 @@ import {
   VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
 } from '../../src/virtqueue/layout.js';
 import { SplitQueue } from '../../src/virtqueue/split-queue.js';
+import { SingleBuffer } from '../../src/virtqueue/chain.js';
 import { A, DATA, RINGS, makeMemory, makeRig, offer, peek, poke, toVa } from './rig.js';
 
 test('constructor rejects sizes that are not a power of two in 1..32768', () => {
@@ -503,4 +504,46 @@ test('reset starts a new pool: a chain held across a reset is never refilled', (
   assert.notEqual(fresh, held);
   assert.deepEqual([held.readableLength, held.writableLength], [4, 0]);
   assert.deepEqual([fresh.readableLength, fresh.writableLength], [0, 8]);
+});
+
+test('popSingle takes one-buffer readable chains as numbers and leaves every other chain, untouched, to pop', () => {
+  const { mem, driver, device } = makeRig(8, { eventIdx: true });
+  const single = new SingleBuffer();
+  const region = mem.regions[0]!;
+  const h1 = driver.add([{ addr: DATA, len: 100 }], [], 1);
+  // Two readable descriptors; a writable one; a buffer crossing from region A into B: not single buffers.
+  const h2 = driver.add([{ addr: DATA, len: 10 }, { addr: DATA + 64, len: 10 }], [], 2);
+  const h3 = driver.add([], [{ addr: DATA, len: 10 }], 3);
+  const h4 = driver.add([{ addr: 0xfff0, len: 0x20 }], [], 4);
+  driver.publish();
+  assert.equal(device.popSingle(single), h1);
+  assert.equal(single.region, region);
+  assert.equal(single.offset, A.mmapOffset + DATA);
+  assert.equal(single.length, 100);
+  assert.equal(device.inFlight, 1);
+  for (const [head, readable, writable] of [[h2, 2, 0], [h3, 0, 1], [h4, 2, 0]] as const) {
+    assert.equal(device.popSingle(single), -2, `head ${head}`);
+    const chain = device.pop()!;
+    assert.equal(chain.head, head);
+    assert.equal(chain.readable.length, readable);
+    assert.equal(chain.writable.length, writable);
+    device.push(chain.head, 0);
+  }
+  // Empty: -1, and with EVENT_IDX the driver is asked to kick for the next buffer, as an empty pop does.
+  assert.equal(device.popSingle(single), -1);
+  assert.equal(driver.readAvailEvent(), 4);
+  device.push(h1, 0);
+  assert.equal(device.inFlight, 0);
+  device.flush();
+  const got = [];
+  for (let u = driver.popUsed(); u !== null; u = driver.popUsed()) got.push(u.token);
+  assert.deepEqual(got, [2, 3, 4, 1]);
+
+  // A head still in flight is left to pop, which raises HEAD_IN_USE.
+  const h5 = driver.add([{ addr: DATA, len: 8 }], [], 5);
+  driver.publish();
+  assert.equal(device.popSingle(single), h5);
+  offer(driver, h5, 6);
+  assert.equal(device.popSingle(single), -2);
+  assert.throws(() => device.pop(), (e: unknown) => e instanceof ChainError && e.kind === ChainErrorKind.HEAD_IN_USE);
 });

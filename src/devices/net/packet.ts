@@ -11,6 +11,8 @@
 import { completeChecksum } from './checksum.js';
 import { copyByteLoop, copyFromViewList, copyWords, LITTLE_ENDIAN, WORD_COPY_MIN, wordsOfView } from './copy.js';
 import { MAX_FRAME } from './header.js';
+import type { MemoryRegion } from '../../memory/region.js';
+import { ViewCache } from '../../memory/view-cache.js';
 
 /** Bytes of the two MAC addresses at the start of a frame. */
 const MACS = 12;
@@ -78,6 +80,16 @@ export class Packet {
    */
   #srcU32: Uint32Array | null = null;
   #srcWord = 0;
+  /**
+   * Attached with {@link attachWords}: the sender's region, and where frame byte 0 is in its buffer. A view of
+   * the frame ({@link #source}) is made only when a receiver needs one: a frame that is dropped, or taken by
+   * words, needs none.
+   */
+  #srcRegion: MemoryRegion | null = null;
+  #srcAt = 0;
+  /** Views made for #srcRegion frames: a sender's buffers come round again. */
+  readonly #viewCache = new ViewCache(4096);
+  readonly #one: Uint8Array[] = [new Uint8Array(0)];
 
   constructor(capacity = MAX_FRAME) {
     this.buffer = new Uint8Array(capacity);
@@ -96,6 +108,7 @@ export class Packet {
     this.#copied = length;
     this.#src = NO_VIEWS;
     this.#srcU32 = null;
+    this.#srcRegion = null;
     this.#readMacs(this.buffer, 0);
     this.needsCsum = false;
     this.csumStart = 0;
@@ -114,6 +127,7 @@ export class Packet {
     this.#srcOffset = offset;
     this.#srcBase = -1;
     this.#srcU32 = null;
+    this.#srcRegion = null;
     if (offset + MACS <= v.length) {
       this.#copied = 0;
       this.#readMacs(v, offset);
@@ -131,25 +145,31 @@ export class Packet {
   }
 
   /**
-   * {@link attach} for the usual layout, reading the addresses as three words: the frame is `length` bytes
-   * (at least 14, else this is {@link attach}) of `views[0]` from `offset` on, and starts at word `word` of `words`, a word view of the
-   * buffer `views[0]` lies in. Only on little-endian hosts ({@link LITTLE_ENDIAN}: the caller checks). Receivers
-   * can then take the frame through {@link copyToWords}.
+   * {@link attach} for the usual layout, reading the addresses as three words: the frame is `length` bytes (at
+   * least 14) of `region.buffer` from byte `at` on, which is word `at >>> 2` of `region.u32` (the caller checked
+   * the range lies in the region, `at` is a multiple of 4 below 4 GiB, and the host is little-endian:
+   * {@link LITTLE_ENDIAN}). No view is made unless a receiver needs one. Receivers can take the frame through
+   * {@link copyToWords}.
    */
-  attachWords(views: readonly Uint8Array[], offset: number, length: number, words: Uint32Array, word: number): void {
+  attachWords(region: MemoryRegion, at: number, length: number): void {
     if (length > this.#capacity) throw new RangeError(`frame of ${length} bytes over ${this.buffer.length}`);
     if (length < 14) {
       // Shorter than an Ethernet header: not worth a word path (copyToWords writes 12 bytes of addresses).
-      this.attach(views, offset, length);
+      this.#one[0] = this.#viewCache.get(region, at, length);
+      this.attach(this.#one, 0, length);
       return;
     }
+    const words = region.u32!;
+    const word = at >>> 2;
     this.length = length;
-    this.#src = views;
-    this.#srcOffset = offset;
+    this.#src = NO_VIEWS;
+    this.#srcOffset = 0;
     this.#srcBase = -1;
     this.#copied = 0;
     this.#srcU32 = words;
     this.#srcWord = word;
+    this.#srcRegion = region;
+    this.#srcAt = at;
     // `| 0`: int32s (a field holding a uint32 above 2^31 would become a boxed number).
     const m1 = words[word + 1]!;
     this.dstHi = words[word]! | 0;
@@ -159,6 +179,16 @@ export class Packet {
     this.needsCsum = false;
     this.csumStart = 0;
     this.csumOffset = 0;
+  }
+
+  /** The sender's views holding the frame from #srcOffset on, made now for a frame attached by region. */
+  #source(): readonly Uint8Array[] {
+    const r = this.#srcRegion;
+    if (r !== null && this.#src === NO_VIEWS) {
+      this.#one[0] = this.#viewCache.get(r, this.#srcAt, this.length);
+      this.#src = this.#one;
+    }
+    return this.#src;
   }
 
   #readMacs(b: Uint8Array, at: number): void {
@@ -213,8 +243,14 @@ export class Packet {
   release(): void {
     this.#src = NO_VIEWS;
     this.#srcU32 = null;
+    this.#srcRegion = null;
     this.#srcWords = NO_WORDS;
     this.#srcBase = -1;
+  }
+
+  /** Drop the views kept for frames attached by region (they hold the sender's guest memory mapped). */
+  forgetViews(): void {
+    this.#viewCache.clear();
   }
 
   /** Bytes of the frame already in {@link buffer}. */
@@ -238,6 +274,7 @@ export class Packet {
     if (want === this.length) {
       this.#src = NO_VIEWS;
       this.#srcU32 = null;
+      this.#srcRegion = null;
     }
   }
 
@@ -306,7 +343,7 @@ export class Packet {
     const len = this.length;
     // WORD_FRAME_MAX (a literal: an imported or module constant is a cell load and a check per use).
     if (len > 256) {
-      const v = this.#src[0]!;
+      const v = this.#source()[0]!;
       const lead = this.#srcOffset;
       if (lead > dstOff || lead + len !== v.length) return false;
       dsts[0]!.set(v, dstOff - lead);
@@ -337,9 +374,11 @@ export class Packet {
       }
       if (k < stop) dw[d] = sw[k]!;
       if ((len & 3) !== 0) {
+        // The last bytes from the region's own byte view (only attachWords sets #srcU32, and with it #srcRegion).
         const dst = dsts[0]!;
-        const v = this.#src[0]!;
-        const at = this.#srcOffset;
+        const r = this.#srcRegion!;
+        const v = r.bytes;
+        const at = this.#srcAt - r.mmapOffset;
         for (let i = len & ~3; i < len; i++) dst[dstOff + i] = v[at + i]!;
       }
     }
@@ -350,7 +389,7 @@ export class Packet {
   }
 
   copyWhole(dst: Uint8Array, dstOff: number): boolean {
-    const src = this.#src;
+    const src = this.#source();
     const lead = this.#srcOffset;
     if (src.length !== 1 || dstOff < lead || this.length < MACS) return false;
     const v = src[0]!;
@@ -368,7 +407,7 @@ export class Packet {
    * and byte offset the caller looked up when `n` is large enough to copy by words).
    */
   #copyFromSource(dst: Uint8Array, dstOff: number, dw: Int32Array, dBase: number, from: number, n: number): void {
-    const src = this.#src;
+    const src = this.#source();
     const off = this.#srcOffset + from;
     const v = src[0]!;
     if (src.length !== 1 && off + n > v.length) {

@@ -7,6 +7,8 @@
 import type { VirtioDevice } from '../../device/device.js';
 import type { Vring } from '../../device/vring.js';
 import type { DescriptorChain } from '../../virtqueue/chain.js';
+import type { MemoryRegion } from '../../memory/region.js';
+import { ViewCache } from '../../memory/view-cache.js';
 import { CommonFeature, DeviceId, featureMask, hasFeature, NetFeature } from '../../virtio/constants.js';
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { CtrlAck, executeControl, MAX_CTRL_REQUEST, type ControlTarget } from './ctrl.js';
@@ -141,6 +143,9 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   readonly #rxHdr = new Uint8Array(NET_HDR_SIZE);
   /** A transmit header split over buffers, gathered. */
   readonly #txHdr = new Uint8Array(NET_HDR_SIZE);
+  /** The view list of a single transmit buffer that is not read as words (see #transmitSingle), and its views. */
+  readonly #oneView: Uint8Array[] = [new Uint8Array(0)];
+  readonly #views = new ViewCache(1024);
   /** Mergeable receive: the chains one frame takes (filled by index, never emptied: no storage churn). */
   readonly #chains: DescriptorChain[] = [];
   /** Receive completions wait for {@link publish} (the switch knows we are due). */
@@ -283,6 +288,8 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#stopPolling();
     // Let the old frontend's mappings go (the copy helpers remember guest views by object).
     forgetViews();
+    this.#packet.forgetViews();
+    this.#views.clear();
     const n = this.#switch.forget(this);
     if (n > 0) this.#log.debug(`frontend gone: forgot ${n} address(es)`);
   }
@@ -325,23 +332,36 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     let packets = 0;
     let bytes = 0;
     let n = 0;
+    // The usual layout (header and frame in one buffer) is taken without a chain object or views, when headers
+    // are read as words (below: #transmitSingle); anything else as a chain.
+    const single = this.#words === true ? vring.single : null;
     for (; n < max; n++) {
-      const chain = vring.pop();
-      if (chain === null) break;
-      try {
-        const len = this.#transmit(chain);
-        if (len >= 0) {
-          packets++;
-          bytes += len;
+      let len = -1;
+      const head = single === null ? -2 : vring.popSingle();
+      if (head >= 0) {
+        try {
+          len = this.#transmitSingle(single!.region!, single!.offset, single!.length);
+        } catch (err) {
+          this.#transmitFailed(err);
         }
-      } catch (err) {
-        // A bug of ours, not the guest's: keep the ring going.
-        this.stats.txErrors++;
-        this.#log.error(`transmit failed: ${(err as Error).stack ?? String(err)}`);
+        vring.completeHead(head, 0);
+      } else {
+        if (head === -1) break;
+        const chain = vring.pop();
+        if (chain === null) break;
+        try {
+          len = this.#transmit(chain);
+        } catch (err) {
+          this.#transmitFailed(err);
+        }
+        // Nothing reads the packet's view of the chain after this (receivers ran inside #transmit; the next
+        // frame replaces it), so the chain can go back now; the reference itself is dropped once per pass, below.
+        vring.complete(chain, 0);
       }
-      // Nothing reads the packet's view of the chain after this (receivers ran inside #transmit; the next frame
-      // replaces it), so the chain can go back now; the reference itself is dropped once per pass, below.
-      vring.complete(chain, 0);
+      if (len >= 0) {
+        packets++;
+        bytes += len;
+      }
       if ((n & (PUBLISH_EVERY - 1)) === PUBLISH_EVERY - 1) {
         // A long pass publishes as it goes, so that the sender reuses its buffers (and receivers see frames)
         // while we work instead of after: otherwise the two take turns.
@@ -371,17 +391,24 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       this.stats.txErrors++;
       return -1;
     }
-    const views = chain.readable;
     if (this.#words === true) {
       // The usual layout: header and frame in one buffer of a known region, word-aligned. Read in place through
       // the region's word view (no view getters, three word loads for the twelve address bytes).
       const off = chain.readableOffsets[0]!;
       const r = chain.readableRegions[0]!;
-      if (r !== null && (off & 3) === 0 && off < 4294967296 && chain.readableLengths[0]! === len + 12) {
-        const words = r.u32;
-        if (words !== null) return this.#transmitWords(views, words, off >>> 2, len);
+      if (r !== null && (off & 3) === 0 && off < 4294967296 && chain.readableLengths[0]! === len + 12 &&
+        r.u32 !== null) {
+        return this.#transmitWords(r, off, len);
       }
     }
+    return this.#transmitViews(chain.readable, hdrLen, len);
+  }
+
+  /**
+   * {@link #transmit} for a `hdrLen`-byte header and a `len`-byte frame (checked against ETH_HLEN..MAX_FRAME)
+   * in `views`, in any layout.
+   */
+  #transmitViews(views: readonly Uint8Array[], hdrLen: number, len: number): number {
     // The header fields are read once, from the guest's buffer when the header is in one piece (the usual layout).
     let h = views[0]!;
     if (h.length < hdrLen) {
@@ -414,12 +441,38 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     return len;
   }
 
+  /** A bug of ours, not the guest's: counted and logged, and the ring keeps going. */
+  #transmitFailed(err: unknown): void {
+    this.stats.txErrors++;
+    this.#log.error(`transmit failed: ${(err as Error).stack ?? String(err)}`);
+  }
+
   /**
-   * {@link #transmit} for a 12-byte header at word `w` of `words`, followed by the `len`-byte frame, all in
-   * `views[0]`. Header fields as little-endian words: flags, gso_type, hdr_len (word 0, bytes 0-2), csum_start
-   * (word 1, high half), csum_offset (word 2, low half).
+   * {@link #transmit} for a chain that is one buffer, `total` bytes at byte `off` of `r.buffer` (from
+   * `Vring.popSingle`; only with the 12-byte header read as words, see {@link #words}).
    */
-  #transmitWords(views: readonly Uint8Array[], words: Uint32Array, w: number, len: number): number {
+  #transmitSingle(r: MemoryRegion, off: number, total: number): number {
+    const len = total - 12;
+    // ETH_HLEN .. MAX_FRAME
+    if (len < 14 || len > 65553) {
+      this.stats.txErrors++;
+      return -1;
+    }
+    if ((off & 3) === 0 && off < 4294967296 && r.u32 !== null) return this.#transmitWords(r, off, len);
+    // Not word-aligned (or no word view): the general path, over a view of the buffer.
+    const views = this.#oneView;
+    views[0] = this.#views.get(r, off, total);
+    return this.#transmitViews(views, 12, len);
+  }
+
+  /**
+   * {@link #transmit} for a 12-byte header at byte `off` of `r.buffer` (word-aligned, below 4 GiB, `r.u32` not
+   * null), followed by the `len`-byte frame. Header fields as little-endian words: flags, gso_type, hdr_len
+   * (word 0, bytes 0-2), csum_start (word 1, high half), csum_offset (word 2, low half).
+   */
+  #transmitWords(r: MemoryRegion, off: number, len: number): number {
+    const words = r.u32!;
+    const w = off >>> 2;
     const x = words[w]!;
     // gso_type NONE
     if ((x & 0xff00) !== 0) {
@@ -434,12 +487,12 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
         this.stats.txErrors++;
         return -1;
       }
-      packet.attachWords(views, 12, len, words, w + 3);
+      packet.attachWords(r, off + 12, len);
       packet.needsCsum = true;
       packet.csumStart = csumStart;
       packet.csumOffset = csumOffset;
     } else {
-      packet.attachWords(views, 12, len, words, w + 3);
+      packet.attachWords(r, off + 12, len);
     }
     this.#switch.forward(this, packet);
     return len;

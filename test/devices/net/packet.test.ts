@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { HEAD_BYTES, Packet } from '../../../src/devices/net/packet.js';
+import { MemoryRegion } from '../../../src/memory/region.js';
 
 /** A frame in guest-like memory, split over views the way a driver may hand it over. */
 function guestFrame(len: number, cuts: number[], offset = 12): { views: Uint8Array[]; bytes: Uint8Array } {
@@ -147,9 +148,11 @@ test('attachWords reads the addresses from words; copyToWords writes the frame b
     const bytes = Uint8Array.from({ length: len }, (_, i) => (i * 37 + len) & 0xff);
     bytes[0] = 0x33; // multicast bit set in the destination
     view.set(bytes, 12);
-    const words = new Uint32Array(mem);
+    // A region whose data starts 32 bytes into the mapping (offsets are the mapping's; the tail bytes come from
+    // the region's own byte view, which starts at mmapOffset).
+    const region = MemoryRegion.fromBuffer({ guestPhysAddr: 0x1000, size: 4096 - 32, userAddr: 0, mmapOffset: 32 }, mem);
     const p = new Packet();
-    p.attachWords([view], 12, len, words, (at + 12) / 4);
+    p.attachWords(region, at + 12, len);
     const plain = new Packet();
     plain.attach([view], 12, len);
     for (const k of ['dstHi', 'dstLo', 'srcHi', 'srcLo', 'dstKey', 'srcKey', 'multicast', 'length'] as const) {
@@ -170,15 +173,23 @@ test('attachWords reads the addresses from words; copyToWords writes the frame b
     // Short frames touch nothing in front of the frame; long ones may write the sender's header there.
     if (len <= 256) assert.ok(dst.subarray(0, 12).every((b) => b === 0xee), `len ${len}: nothing in front`);
     // Materialized (a checksum completed) or released: the frame is no longer (only) in the sender's buffer.
+    // (Materializing makes a view of the sender's buffer only now: what is there, with the addresses decided on.)
     p.materialize();
+    assert.deepEqual([...p.frame], [...expect.subarray(0, 12), ...bytes.subarray(12)], `len ${len}: materialized`);
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
-    p.attachWords([view], 12, len, words, (at + 12) / 4);
+    // The general copy from a frame attached by region (a view made on demand).
+    p.attachWords(region, at + 12, len);
+    const byCopy = new Uint8Array(len + 5);
+    p.copyTo(byCopy, 5, 0, len);
+    // (Attached again after the guest's rewrite: the addresses are the new ones.)
+    assert.deepEqual([...byCopy.subarray(5)], [...view.subarray(12)], `len ${len}: copyTo`);
+    p.attachWords(region, at + 12, len);
     p.release();
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
     // Attached the byte way, or reset from our own buffer: not for the word path either.
     p.attach([view], 12, len);
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
-    p.attachWords([view], 12, len, words, (at + 12) / 4);
+    p.attachWords(region, at + 12, len);
     p.buffer.set(bytes);
     p.reset(len);
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
@@ -188,7 +199,7 @@ test('attachWords reads the addresses from words; copyToWords writes the frame b
   const view = new Uint8Array(mem, 64, 12 + 13);
   view.set(Uint8Array.from({ length: 13 }, (_, i) => i + 1), 12);
   const p = new Packet();
-  p.attachWords([view], 12, 13, new Uint32Array(mem), (64 + 12) / 4);
+  p.attachWords(MemoryRegion.fromBuffer({ guestPhysAddr: 0, size: 256, userAddr: 0, mmapOffset: 0 }, mem), 64 + 12, 13);
   assert.equal(p.length, 13);
   assert.equal(p.dstKey, 0x0102_0304_0506);
   assert.equal(p.copyToWords(new Uint32Array(256), 3, [new Uint8Array(1024)], 12), false);

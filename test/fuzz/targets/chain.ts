@@ -15,7 +15,7 @@
 import { ChainError, QueueError } from '../../../src/virtqueue/errors.js';
 import { InflightQueue, inflightQueueSize } from '../../../src/virtqueue/inflight.js';
 import { SplitQueue, type RingAddresses } from '../../../src/virtqueue/split-queue.js';
-import type { DescriptorChain } from '../../../src/virtqueue/chain.js';
+import { SingleBuffer, type DescriptorChain } from '../../../src/virtqueue/chain.js';
 import { DriverRing, F_INDIRECT, F_NEXT, F_WRITE, placeRing, type BufferSpec, type RingPlacement } from '../driver-side.js';
 import { GuardedMemory, GuestAllocator, type GuardedRegion, type Piece } from '../guarded-memory.js';
 import { check, PropertyViolation, Stats, type FuzzTarget } from '../harness.js';
@@ -191,6 +191,55 @@ export function checkChain(mem: GuardedMemory, chain: DescriptorChain, want: Exp
         () => `chain ${chain.head}: view ${k} is ${v.byteOffset}+${v.byteLength}, expected ${p.offset}+${p.length}`);
     });
   }
+}
+
+/** Is the reference's chain one device-readable buffer inside one region? Its piece, if so. */
+function singlePiece(mem: GuardedMemory, want: ExpectedPop): Piece | undefined {
+  if (want.kind !== 'chain' || want.count !== 1 || want.segments.length !== 1 || want.segments[0]!.write) return undefined;
+  const pieces = expectedPieces(mem, want.segments);
+  return pieces.length === 1 ? pieces[0] : undefined;
+}
+
+const single = new SingleBuffer();
+
+/** Is the expected chain's head descriptor an indirect one? */
+function headIndirect(mem: GuardedMemory, descGpa: number, want: ExpectedPop): boolean {
+  return want.kind === 'chain' && (parseDesc(mem.read(descGpa + 16 * want.head, 16), 0).flags & F_INDIRECT) !== 0;
+}
+
+/**
+ * `q.popSingle` against the reference: 'taken' (and pushed back) when it took a chain, 'stop' when the ring is
+ * empty or broken, 'left' when it left the chain to pop. A chain in an indirect table is left (the reference
+ * counts its entries, not the table descriptor, so `count` 1 may be an indirect chain: those are left too).
+ */
+function trySingle(mem: GuardedMemory, descGpa: number, q: SplitQueue, want: ExpectedPop): 'taken' | 'stop' | 'left' {
+  let h: number;
+  try {
+    h = q.popSingle(single);
+  } catch (err) {
+    check(err instanceof ChainError && want.kind === 'error' && err.kind === want.error,
+      () => `popSingle threw ${String(err)}; the reference expects ${want.kind === 'error' ? want.error : want.kind}`);
+    stats.count('single-errors');
+    return 'stop';
+  }
+  if (h === -1) {
+    check(want.kind === 'none', () => `popSingle gave nothing; the reference expects ${want.kind === 'error' ? want.error : 'a chain'}`);
+    return 'stop';
+  }
+  const piece = singlePiece(mem, want);
+  if (h === -2) {
+    // Left to pop: it must not be a plain single buffer (an indirect table of one entry is fine to leave).
+    check(piece === undefined || headIndirect(mem, descGpa, want), () => `popSingle left chain ${want.kind === 'chain' ? want.head : ''}, a single buffer`);
+    stats.count('single-left');
+    return 'left';
+  }
+  check(piece !== undefined && want.kind === 'chain' && want.head === h && !headIndirect(mem, descGpa, want),
+    () => `popSingle took head ${h}; the reference expects ${want.kind === 'chain' ? `chain ${want.head} of ${want.count}` : want.kind}`);
+  check(single.region !== null && single.region.buffer === mem.sab && single.offset === piece!.offset &&
+    single.length === piece!.length, () => `popSingle gave ${single.offset}+${single.length}, expected ${piece!.offset}+${piece!.length}`);
+  stats.count('single-taken');
+  q.push(h, 0);
+  return 'taken';
 }
 
 // ---- generation ----
@@ -393,6 +442,16 @@ function runChainCase(rng: Rng): void {
     if (rng.chance(0.3)) ring.setAvailFlags(rng.int(2), rng.int(0x10000));
     for (let k = 0; k < 2 * size + 4; k++) {
       const want = referencePop(mem, dev, size, q.lastAvailIdx, q.indirect, q.maxChainLength, seen);
+      if (rng.chance(0.5)) {
+        // The single-buffer pop first: it takes exactly the one-readable-buffer-in-one-region chains, and
+        // leaves everything else, untouched, to pop.
+        const r = trySingle(mem, dev.desc, q, want);
+        if (r === 'stop') break;
+        if (r === 'taken') {
+          if (rng.chance(0.3)) q.flush();
+          continue;
+        }
+      }
       let chain: DescriptorChain | null;
       try {
         chain = q.pop();
