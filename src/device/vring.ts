@@ -226,7 +226,7 @@ export class Vring {
   pop(): DescriptorChain | null {
     const queue = this.#queue;
     // Explicit comparisons: a bare truthiness test on a maybe-object compiles to a generic check.
-    if (queue === undefined || this.#error !== undefined || this.#stopping) return null;
+    if (queue === undefined || this.#error !== undefined || this.#stopping === true) return null;
     let chain: DescriptorChain | null | undefined;
     if (this.#resubmit.length > 0) {
       chain = this.#resubmit.shift()!;
@@ -254,7 +254,7 @@ export class Vring {
    */
   popSingle(): number {
     const queue = this.#queue;
-    if (queue === undefined || this.#error !== undefined || this.#stopping) return -1;
+    if (queue === undefined || this.#error !== undefined || this.#stopping === true) return -1;
     // Chains a previous backend left in flight go first, as chain objects.
     if (this.#resubmit.length > 0) return -2;
     let head: number;

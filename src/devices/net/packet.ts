@@ -145,14 +145,15 @@ export class Packet {
   }
 
   /**
-   * {@link attach} for the usual layout, reading the addresses as three words: the frame is `length` bytes (at
-   * least 14) of `region.buffer` from byte `at` on, which is word `at >>> 2` of `region.u32` (the caller checked
-   * the range lies in the region, `at` is a multiple of 4 below 4 GiB, and the host is little-endian:
-   * {@link LITTLE_ENDIAN}). No view is made unless a receiver needs one. Receivers can take the frame through
-   * {@link copyToWords}.
+   * {@link attach} for the usual layout, reading the addresses as three words: the frame is `length` bytes of
+   * `region.buffer` from word `word` of `region.u32` on (the caller checked the range lies in the region, and
+   * that the host is little-endian: {@link LITTLE_ENDIAN}). No view is made unless a receiver needs one.
+   * Receivers can take the frame through {@link copyToWords}.
    */
-  attachWords(region: MemoryRegion, at: number, length: number): void {
+  attachWords(region: MemoryRegion, word: number, length: number): void {
     if (length > this.#capacity) throw new RangeError(`frame of ${length} bytes over ${this.buffer.length}`);
+    // A byte offset as a number (word * 4 is exact; `<< 2` would wrap past 4 GiB).
+    const at = word * 4;
     if (length < 14) {
       // Shorter than an Ethernet header: not worth a word path (copyToWords writes 12 bytes of addresses).
       this.#one[0] = this.#viewCache.get(region, at, length);
@@ -160,7 +161,6 @@ export class Packet {
       return;
     }
     const words = region.u32!;
-    const word = at >>> 2;
     this.length = length;
     this.#src = NO_VIEWS;
     this.#srcOffset = 0;

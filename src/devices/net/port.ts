@@ -394,11 +394,10 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     if (this.#words === true) {
       // The usual layout: header and frame in one buffer of a known region, word-aligned. Read in place through
       // the region's word view (no view getters, three word loads for the twelve address bytes).
-      const off = chain.readableOffsets[0]!;
       const r = chain.readableRegions[0]!;
-      if (r !== null && (off & 3) === 0 && off < 4294967296 && chain.readableLengths[0]! === len + 12 &&
-        r.u32 !== null) {
-        return this.#transmitWords(r, off, len);
+      if (r !== null && chain.readableLengths[0]! === len + 12) {
+        const w = r.wordIndex(chain.readableOffsets[0]!);
+        if (w >= 0) return this.#transmitWords(r, w, len);
       }
     }
     return this.#transmitViews(chain.readable, hdrLen, len);
@@ -458,7 +457,8 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
       this.stats.txErrors++;
       return -1;
     }
-    if ((off & 3) === 0 && off < 4294967296 && r.u32 !== null) return this.#transmitWords(r, off, len);
+    const w = r.wordIndex(off);
+    if (w >= 0) return this.#transmitWords(r, w, len);
     // Not word-aligned (or no word view): the general path, over a view of the buffer.
     const views = this.#oneView;
     views[0] = this.#views.get(r, off, total);
@@ -466,13 +466,12 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   }
 
   /**
-   * {@link #transmit} for a 12-byte header at byte `off` of `r.buffer` (word-aligned, below 4 GiB, `r.u32` not
-   * null), followed by the `len`-byte frame. Header fields as little-endian words: flags, gso_type, hdr_len
-   * (word 0, bytes 0-2), csum_start (word 1, high half), csum_offset (word 2, low half).
+   * {@link #transmit} for a 12-byte header at word `w` of `r.u32` (see `MemoryRegion.wordIndex`), followed by
+   * the `len`-byte frame. Header fields as little-endian words: flags, gso_type, hdr_len (word 0, bytes 0-2),
+   * csum_start (word 1, high half), csum_offset (word 2, low half).
    */
-  #transmitWords(r: MemoryRegion, off: number, len: number): number {
+  #transmitWords(r: MemoryRegion, w: number, len: number): number {
     const words = r.u32!;
-    const w = off >>> 2;
     const x = words[w]!;
     // gso_type NONE
     if ((x & 0xff00) !== 0) {
@@ -487,12 +486,12 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
         this.stats.txErrors++;
         return -1;
       }
-      packet.attachWords(r, off + 12, len);
+      packet.attachWords(r, w + 3, len);
       packet.needsCsum = true;
       packet.csumStart = csumStart;
       packet.csumOffset = csumOffset;
     } else {
-      packet.attachWords(r, off + 12, len);
+      packet.attachWords(r, w + 3, len);
     }
     this.#switch.forward(this, packet);
     return len;
@@ -631,12 +630,11 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
    * place through the region's word view. False (nothing written) otherwise.
    */
   #putWords(chain: DescriptorChain, packet: Packet): boolean {
-    const off = chain.writableOffsets[0]!;
     const r = chain.writableRegions[0]!;
-    if (r === null || (off & 3) !== 0 || off >= 4294967296 || chain.writableLengths[0]! < packet.length + 12) return false;
-    const dw = r.u32;
-    if (dw === null) return false;
-    const w = off >>> 2;
+    if (r === null || chain.writableLengths[0]! < packet.length + 12) return false;
+    const w = r.wordIndex(chain.writableOffsets[0]!);
+    if (w < 0) return false;
+    const dw = r.u32!;
     if (packet.copyToWords(dw, w + 3, chain.writable, 12) === false) return false;
     // After the frame (a long one's native copy writes the sender's header in front of it). Words: flags,
     // gso_type NONE, hdr_len 0 | gso_size 0, csum_start | csum_offset, num_buffers 1.

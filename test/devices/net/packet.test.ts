@@ -152,7 +152,7 @@ test('attachWords reads the addresses from words; copyToWords writes the frame b
     // the region's own byte view, which starts at mmapOffset).
     const region = MemoryRegion.fromBuffer({ guestPhysAddr: 0x1000, size: 4096 - 32, userAddr: 0, mmapOffset: 32 }, mem);
     const p = new Packet();
-    p.attachWords(region, at + 12, len);
+    p.attachWords(region, (at + 12) / 4, len);
     const plain = new Packet();
     plain.attach([view], 12, len);
     for (const k of ['dstHi', 'dstLo', 'srcHi', 'srcLo', 'dstKey', 'srcKey', 'multicast', 'length'] as const) {
@@ -178,18 +178,18 @@ test('attachWords reads the addresses from words; copyToWords writes the frame b
     assert.deepEqual([...p.frame], [...expect.subarray(0, 12), ...bytes.subarray(12)], `len ${len}: materialized`);
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
     // The general copy from a frame attached by region (a view made on demand).
-    p.attachWords(region, at + 12, len);
+    p.attachWords(region, (at + 12) / 4, len);
     const byCopy = new Uint8Array(len + 5);
     p.copyTo(byCopy, 5, 0, len);
     // (Attached again after the guest's rewrite: the addresses are the new ones.)
     assert.deepEqual([...byCopy.subarray(5)], [...view.subarray(12)], `len ${len}: copyTo`);
-    p.attachWords(region, at + 12, len);
+    p.attachWords(region, (at + 12) / 4, len);
     p.release();
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
     // Attached the byte way, or reset from our own buffer: not for the word path either.
     p.attach([view], 12, len);
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
-    p.attachWords(region, at + 12, len);
+    p.attachWords(region, (at + 12) / 4, len);
     p.buffer.set(bytes);
     p.reset(len);
     assert.equal(p.copyToWords(new Uint32Array(out), (128 + 12) / 4, [dst], 12), false);
@@ -199,7 +199,7 @@ test('attachWords reads the addresses from words; copyToWords writes the frame b
   const view = new Uint8Array(mem, 64, 12 + 13);
   view.set(Uint8Array.from({ length: 13 }, (_, i) => i + 1), 12);
   const p = new Packet();
-  p.attachWords(MemoryRegion.fromBuffer({ guestPhysAddr: 0, size: 256, userAddr: 0, mmapOffset: 0 }, mem), 64 + 12, 13);
+  p.attachWords(MemoryRegion.fromBuffer({ guestPhysAddr: 0, size: 256, userAddr: 0, mmapOffset: 0 }, mem), (64 + 12) / 4, 13);
   assert.equal(p.length, 13);
   assert.equal(p.dstKey, 0x0102_0304_0506);
   assert.equal(p.copyToWords(new Uint32Array(256), 3, [new Uint8Array(1024)], 12), false);
