@@ -125,7 +125,8 @@ export class ScsiTarget {
   execute(lun: number, task: ScsiTask): void {
     if (task.cdb[0] === REPORT_LUNS) return this.#reportLuns(task);
     const unit = this.unit(lun);
-    if (unit) return unit.execute(task);
+    // Compared with undefined, not tested for truthiness: that compiles to one comparison, not a generic test.
+    if (unit !== undefined) return unit.execute(task);
     if (lun === WLUN_REPORT_LUNS) return this.#wellKnown(task);
     this.#noUnit(task);
   }

@@ -39,6 +39,8 @@ export class ScsiTask {
    * the CDB a word at a time.
    */
   readonly cdbWords = new Uint32Array(this.cdb.buffer, 0, MAX_CDB_SIZE / 4);
+  /** The same bytes as a DataView, for reading the CDB's big-endian fields. */
+  readonly cdbView = new DataView(this.cdb.buffer, 0, MAX_CDB_SIZE);
   /** The initiator's tag for the task (task management matches on it), as two 32-bit halves. */
   tagLo = 0;
   tagHi = 0;
@@ -108,28 +110,24 @@ export class ScsiTask {
 
   /**
    * Clear the results before the task is filled in again. The CDB is left as it is: the transport writes all
-   * {@link MAX_CDB_SIZE} bytes of it (zero-padding a shorter CDB), or calls {@link clearCdb}.
+   * {@link MAX_CDB_SIZE} bytes of it (zero-padding a shorter CDB), or calls {@link clearCdb}. The execution
+   * state needs no clearing here: a task that is not running has none (the unit drops it when the task ends, and
+   * the multi-step fields are set by the commands that use them before they are read).
    */
   prepare(): void {
+    // 0 rather than TaskResponse.COMPLETE: each read of a property of the constant object is a load and a check.
     this.tagLo = 0;
     this.tagHi = 0;
     this.dataOut = EMPTY;
     this.dataOutLength = 0;
     this.dataIn = EMPTY;
     this.dataInLength = 0;
-    this.response = TaskResponse.COMPLETE;
+    this.response = 0;
     this.status = 0;
     this.senseLength = 0;
     this.dataInTransferred = 0;
     this.dataOutTransferred = 0;
-    this.abortedWith = TaskResponse.COMPLETE;
-    this.step = null;
     this.lba = -1;
-    this.position = 0;
-    this.remaining = 0;
-    this.flags = 0;
-    this.index = 0;
-    this.buffer = null;
   }
 
   /** Zero the CDB. */

@@ -492,3 +492,86 @@ test('READ/WRITE take the general path whenever a check fails: unit attention, s
   assert.equal(zero.dataOutTransferred, 0);
   assert.deepEqual(storage.calls.filter((c) => !c.startsWith('flush')), ['read 0+512', `read ${2046 * 512}+1024`]);
 });
+
+test('the READ/WRITE(10/16) fast path takes every CDB field in the right byte order (LBAs and lengths of distinct bytes)', async () => {
+  // A null disk past 2^32 blocks: LBAs with the top bit set are in range.
+  const storage = new TestStorage(new NullStorage({ size: (2 ** 32 + 2 ** 20) * 512 }));
+  const { exec, unit } = memoryUnit({ storage });
+  const lba32 = 0x87654321;
+  assertGood(await run(exec, Cdb.read10(0x12345678, 0x0102), { in: 0x0102 * 512 }));
+  assertGood(await run(exec, Cdb.write10(lba32, 0x0201), { out: new Uint8Array(0x0201 * 512) }));
+  assertGood(await run(exec, Cdb.read16(lba32, 0x0000_0103), { in: 0x0103 * 512 }));
+  // FUA (flags bit 3) on the fast path: the write is flushed before GOOD.
+  assertGood(await run(exec, Cdb.write16(0x00abcdef, 0x0000_0301, 0x08), { out: new Uint8Array(0x0301 * 512) }));
+  // The top half of READ(16)'s LBA is not zero: the general path, which reads all 64 bits.
+  assertGood(await run(exec, Cdb.read16(2 ** 32 + 0x0405, 1), { in: 512 }));
+  assert.deepEqual(storage.calls, [
+    `read ${0x12345678 * 512}+${0x0102 * 512}`,
+    `write ${lba32 * 512}+${0x0201 * 512}`,
+    `read ${lba32 * 512}+${0x0103 * 512}`,
+    `write ${0x00abcdef * 512}+${0x0301 * 512}`,
+    'flush',
+    `read ${(2 ** 32 + 0x0405) * 512}+512`,
+  ]);
+  assert.equal(unit.stats.reads, 3);
+  assert.equal(unit.stats.writes, 2);
+  // A transfer length over the limit (its top byte set) is refused with a pointer to the length field.
+  const long = await run(exec, Cdb.read16(0, 0x0100_0001), { in: 512 });
+  assertSense(long, Sense.INVALID_FIELD_IN_CDB);
+  assert.deepEqual(long.sense!.field, { inCdb: true, byte: 10 });
+  // RDPROTECT in the flags byte: the general path refuses it.
+  assertSense(await run(exec, Cdb.read16(0, 1, 0x20), { in: 512 }), Sense.INVALID_FIELD_IN_CDB);
+  assert.equal(storage.calls.length, 6);
+});
+
+test('a task reused after being aborted, or after a multi-step command, runs the next command afresh', async () => {
+  const storage = new TestStorage(new MemoryStorage({ size: MiB }));
+  const { exec, unit } = memoryUnit({ storage });
+  const results: { response: number; status: number; senseLength: number; dataInTransferred: number }[] = [];
+  const task = new ScsiTask((t) => results.push({
+    response: t.response, status: t.status, senseLength: t.senseLength, dataInTransferred: t.dataInTransferred,
+  }));
+  const submit = (cdb: number[], dataIn: number, dataOut?: Uint8Array) => {
+    task.prepare();
+    task.clearCdb();
+    task.cdb.set(cdb);
+    task.tagLo = 7;
+    if (dataIn > 0) {
+      task.dataIn = [new Uint8Array(dataIn)];
+      task.dataInLength = dataIn;
+    }
+    if (dataOut) {
+      task.dataOut = [dataOut];
+      task.dataOutLength = dataOut.byteLength;
+    }
+    exec(task);
+  };
+  // Aborted while its read waits for the storage.
+  storage.hold.add('read');
+  submit(Cdb.read10(0, 1), 512);
+  assert.equal(unit.findTask(7, 0), task, 'task management finds the running read by its tag');
+  const aborted = unit.abortTasks(TaskResponse.ABORTED, (t) => t.tagLo === 7);
+  storage.hold.delete('read');
+  storage.release();
+  assert.equal(await aborted, 1);
+  assert.equal(results.length, 1);
+  assert.equal(results[0]!.response, TaskResponse.ABORTED);
+  // The same task again: not aborted a second time.
+  submit(Cdb.read10(0, 1), 512);
+  assert.deepEqual(results[1], { response: TaskResponse.COMPLETE, status: GOOD, senseLength: 0, dataInTransferred: 512 });
+  // A CHECK CONDITION, then a good command: no sense left over.
+  submit(Cdb.read10(1 << 20, 1), 512);
+  assert.equal(results[2]!.status, CHECK_CONDITION);
+  assert.equal(results[2]!.senseLength, 18);
+  submit(Cdb.read16(1, 1), 512);
+  assert.deepEqual(results[3], { response: TaskResponse.COMPLETE, status: GOOD, senseLength: 0, dataInTransferred: 512 });
+  // WRITE SAME with a pattern and UNMAP (multi-step: chunks, descriptors), then a plain write and read.
+  submit(Cdb.writeSame10(0, 8), 0, pattern(512, 3));
+  submit(Cdb.unmap(24), 0, unmapParams([{ lba: 16, blocks: 8 }]));
+  submit(Cdb.write10(32, 1), 0, pattern(512, 4));
+  submit(Cdb.read10(32, 1), 512);
+  assert.deepEqual(results.slice(4).map((r) => [r.response, r.status, r.senseLength]), [[0, GOOD, 0], [0, GOOD, 0], [0, GOOD, 0], [0, GOOD, 0]]);
+  assert.deepEqual(new Uint8Array(task.dataIn[0]!), pattern(512, 4));
+  assert.equal(unit.stats.aborted, 1);
+  assert.equal(unit.taskCount, 0);
+});

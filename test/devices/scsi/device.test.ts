@@ -593,3 +593,42 @@ test('a bug after a command completed does not complete its chain twice; a bug b
     for (let i = 0; i < 8; i++) assertGood(await c.command(0, 0, Cdb.read10(1, 1), { in: 512 }));
   });
 });
+
+test('a pooled request answers each command afresh: no sense, status, residual or response left from the one before', async () => {
+  const { unit, storage } = heldUnit();
+  storage.hold.clear();
+  await withScsi({ bus: busWith([0, 0, unit]) }, async ({ connect, device }) => {
+    const c = await connect();
+    assertSense(await c.command(0, 0, Cdb.read10(0xfffffff0, 1), { in: 512 }), Sense.LBA_OUT_OF_RANGE);
+    const good = await c.command(0, 0, Cdb.read16(0, 1), { in: 512 });
+    assertGood(good, 'after a CHECK CONDITION');
+    assert.equal(good.residual, 0);
+    assert.equal(good.len, RESPONSE + 512);
+    const overrun = await c.command(0, 0, Cdb.read10(0, 8), { in: 512 });
+    assert.equal(overrun.response, ScsiResponse.OVERRUN);
+    const write = await c.command(0, 0, Cdb.write10(0, 1), { out: pattern(512, 1) });
+    assertGood(write, 'after an OVERRUN');
+    assert.equal(write.residual, 0);
+    assert.equal(write.len, RESPONSE, 'no data-in left from the read before');
+    const short = await c.command(0, 0, Cdb.read10(0, 1), { in: [512, 512] });
+    assertGood(short);
+    assert.equal(short.residual, 512);
+    assert.deepEqual(short.data.subarray(0, 512), Buffer.from(pattern(512, 1)));
+    // Aborted by ABORT TASK while its read waits for the storage, then the next command: not aborted again.
+    storage.hold.add('read');
+    const held = c.command(0, 0, Cdb.read16(1, 1), { in: 512, tag: 0x77 });
+    await waitUntil(() => storage.heldCount === 1);
+    assert.equal(await c.tmf(TmfSubtype.QUERY_TASK, 0, 0, 0x77), ScsiResponse.FUNCTION_SUCCEEDED, 'a READ(16) in flight is found by its tag');
+    const tmf = c.tmf(TmfSubtype.ABORT_TASK, 0, 0, 0x77);
+    await waitUntil(() => device.stats.tmfs === 2);
+    storage.hold.delete('read');
+    storage.release();
+    assert.equal(await tmf, ScsiResponse.OK);
+    assert.equal((await held).response, ScsiResponse.ABORTED);
+    const after = await c.command(0, 0, Cdb.read16(1, 1), { in: 512, tag: 0x77 });
+    assertGood(after, 'after an abort');
+    assert.equal(after.len, RESPONSE + 512);
+    assert.equal(unit.stats.aborted, 1);
+    assert.equal(unit.taskCount, 0);
+  });
+});
