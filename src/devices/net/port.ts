@@ -728,6 +728,17 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   // ---- control queue ----
 
   #serveControl(vring: Vring): void {
+    if (vring.enabled === false) {
+      // A started but disabled ring is processed without side effects (vhost-user spec): commands are returned
+      // unexecuted, with no ack written (used length 0).
+      let n = 0;
+      for (let chain = vring.pop(); chain !== null; chain = vring.pop()) {
+        vring.complete(chain, 0);
+        n++;
+      }
+      if (n > 0) this.#log.debug(`control ring disabled: ${n} command(s) returned unexecuted`);
+      return;
+    }
     for (let chain = vring.pop(); chain !== null; chain = vring.pop()) {
       let ack: number = CtrlAck.ERR;
       const size = chain.readableLength;

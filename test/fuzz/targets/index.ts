@@ -4,6 +4,7 @@ import { blkTarget } from './blk.js';
 import { chainTarget } from './chain.js';
 import { codecTarget } from './codec.js';
 import { consoleTarget } from './console.js';
+import { netTarget } from './net.js';
 import { serverTarget } from './server.js';
 
 export const targets: Record<string, FuzzTarget> = {
@@ -12,4 +13,5 @@ export const targets: Record<string, FuzzTarget> = {
   chain: chainTarget,
   blk: blkTarget,
   console: consoleTarget,
+  net: netTarget,
 };
