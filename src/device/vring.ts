@@ -243,6 +243,13 @@ export class Vring {
     return chain;
   }
 
+  /**
+   * Completions between used-index publications within a pass (default 8; at least 1). Each publication is an
+   * `Atomics.store` (a call, and a full fence on a cache line the driver reads): a device whose completions are
+   * cheap and whose driver reclaims buffers in bursts (a network sender) publishes less often.
+   */
+  publishEvery = PUBLISH_EVERY;
+
   /** Where the buffer {@link popSingle} took is (valid until the next popSingle). */
   readonly single = new SingleBuffer();
 
@@ -313,7 +320,7 @@ export class Vring {
     this.#inflightCount--;
     if (queue !== undefined && this.#error === undefined) {
       queue.push(head, len);
-      if (++this.#unpublished >= PUBLISH_EVERY) {
+      if (++this.#unpublished >= this.publishEvery) {
         this.#unpublished = 0;
         queue.publish();
       }

@@ -61,6 +61,8 @@ if (NetHdrFlag.NEEDS_CSUM !== NEEDS_CSUM || NetHdrGso.NONE !== 0 || ETH_HLEN !==
 const ACK = [Uint8Array.of(CtrlAck.OK), Uint8Array.of(CtrlAck.ERR)] as const;
 /** Transmit chains between used-ring updates within one pass (a power of two). */
 const PUBLISH_EVERY = 64;
+/** Transmit completions between used-index publications (Vring.publishEvery) within a pass. */
+const TX_PUBLISH_EVERY = 32;
 let portCount = 0;
 
 /**
@@ -258,6 +260,9 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     // Receive buffers are taken when frames arrive: the driver need not kick when it posts them. Transmit rings
     // start with kicks on (the framework's poll loop turns them off while it polls).
     vring.setNotification(!this.#isRx(vring.index));
+    // A transmit frame costs a few hundred nanoseconds and senders reclaim buffers in bursts (DPDK's every 32):
+    // publishing every 8 made the used-index store (a fence on a line the sender polls) a tenth of the time.
+    if (this.#isTx(vring.index)) vring.publishEvery = TX_PUBLISH_EVERY;
     this.#updatePolling();
   }
 
