@@ -333,6 +333,20 @@ test('control queue: promiscuous off filters by own address and MAC table; all-m
   });
 });
 
+test('a disabled control ring has no side effects: commands come back unexecuted, with no ack', async () => {
+  await withRig(1, async ({ connect, ports }) => {
+    const a = await connect(0);
+    await a.driver.frontend.setVringEnable(2, false);
+    await assert.rejects(a.control(CtrlClass.RX, CtrlRx.PROMISC, Uint8Array.of(0)), /completed with length 0/);
+    assert.equal(ports[0]!.filter.promiscuous, true);
+    await assert.rejects(a.control(CtrlClass.MAC, CtrlMac.ADDR_SET, mac('02:00:00:00:00:99')), /length 0/);
+    assert.equal(ports[0]!.mac, MAC[0]);
+    await a.driver.frontend.setVringEnable(2, true);
+    assert.equal(await a.control(CtrlClass.RX, CtrlRx.PROMISC, Uint8Array.of(0)), CtrlAck.OK);
+    assert.equal(ports[0]!.filter.promiscuous, false);
+  });
+});
+
 test('control queue: MAC address set changes the config space and the filter; bad commands are refused', async () => {
   await withRig(2, async ({ connect }) => {
     const a = await connect(0);
