@@ -87,11 +87,16 @@ export class Packet {
    */
   #srcRegion: MemoryRegion | null = null;
   #srcAt = 0;
-  /** Views made for #srcRegion frames: a sender's buffers come round again. */
-  readonly #viewCache = new ViewCache(4096);
+  /** Views made for #srcRegion frames (a sender's buffers come round again); the owner clears it. */
+  readonly #viewCache: ViewCache;
   readonly #one: Uint8Array[] = [new Uint8Array(0)];
 
-  constructor(capacity = MAX_FRAME) {
+  /**
+   * `views` keeps the views made of senders' buffers (default: a cache of the packet's own); whoever owns it
+   * clears it when the sender's memory goes away.
+   */
+  constructor(capacity = MAX_FRAME, views: ViewCache = new ViewCache(4096)) {
+    this.#viewCache = views;
     this.buffer = new Uint8Array(capacity);
     this.#capacity = capacity;
     this.#words = new Int32Array(this.buffer.buffer, 0, capacity >>> 2);
@@ -246,11 +251,6 @@ export class Packet {
     this.#srcRegion = null;
     this.#srcWords = NO_WORDS;
     this.#srcBase = -1;
-  }
-
-  /** Drop the views kept for frames attached by region (they hold the sender's guest memory mapped). */
-  forgetViews(): void {
-    this.#viewCache.clear();
   }
 
   /** Bytes of the frame already in {@link buffer}. */

@@ -140,14 +140,18 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   #ctrlPairs: number | undefined;
   /** Started rings of the current frontend, by queue index. */
   readonly #rings: (Vring | undefined)[];
-  readonly #packet = new Packet();
+  /**
+   * Views of this guest's transmit buffers, made only where a frame is not read as words or a receiver needs
+   * one (shared with #packet; cleared when the frontend goes, to let its mappings go).
+   */
+  readonly #views = new ViewCache(4096);
+  readonly #packet = new Packet(MAX_FRAME, this.#views);
   /** A header built here when the chain's first buffer cannot take it in place. */
   readonly #rxHdr = new Uint8Array(NET_HDR_SIZE);
   /** A transmit header split over buffers, gathered. */
   readonly #txHdr = new Uint8Array(NET_HDR_SIZE);
-  /** The view list of a single transmit buffer that is not read as words (see #transmitSingle), and its views. */
+  /** The view list of a single transmit buffer that is not read as words (see #transmitSingle). */
   readonly #oneView: Uint8Array[] = [new Uint8Array(0)];
-  readonly #views = new ViewCache(1024);
   /** Mergeable receive: the chains one frame takes (filled by index, never emptied: no storage churn). */
   readonly #chains: DescriptorChain[] = [];
   /** Receive completions wait for {@link publish} (the switch knows we are due). */
@@ -293,7 +297,6 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#stopPolling();
     // Let the old frontend's mappings go (the copy helpers remember guest views by object).
     forgetViews();
-    this.#packet.forgetViews();
     this.#views.clear();
     const n = this.#switch.forget(this);
     if (n > 0) this.#log.debug(`frontend gone: forgot ${n} address(es)`);
