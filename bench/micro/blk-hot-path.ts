@@ -16,20 +16,16 @@
  */
 import { fileURLToPath } from 'node:url';
 import { measure, microMain, type MeasureOptions, type MicroResult, type Workload } from './measure.js';
-import { GuestRam } from '../../src/driver/guest-ram.js';
-import { Vring } from '../../src/device/vring.js';
+import { QUEUE_SIZE, SlotDriver } from './slot-driver.js';
 import { BlkDevice } from '../../src/devices/blk/device.js';
 import { Blk, BlkRequestType, encodeHeader } from '../../src/devices/blk/request.js';
 import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
 import { NullStorage } from '../../src/devices/blk/storage/null.js';
-import { native } from '../../src/native/index.js';
 import { logger } from '../../src/util/log.js';
-import { DriverQueue } from '../../src/virtqueue/driver-queue.js';
 import { InflightQueue, inflightQueueSize } from '../../src/virtqueue/inflight.js';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, availRingBytes, descTableBytes, usedRingBytes } from '../../src/virtqueue/layout.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/layout.js';
 import { SplitQueue } from '../../src/virtqueue/split-queue.js';
 
-const QUEUE_SIZE = 128;
 /** Small enough that every 4 KiB block is read during the warm-up (the memory disk caches page views). */
 const DISK = 16 << 20;
 
@@ -38,27 +34,14 @@ interface Options extends MeasureOptions {
   inflight: boolean;
 }
 
-/** Guest RAM, rings, and per-slot header / data / status buffers with their descriptors written once. */
-class Driver {
-  readonly ram: GuestRam;
-  readonly queue: DriverQueue<number>;
-  readonly rings: { desc: number; avail: number; used: number };
-  readonly heads: number[] = [];
+/** Per-slot header / data / status buffers with their descriptors written once. */
+class Driver extends SlotDriver {
   readonly headers: DataView[] = [];
   readonly status: Uint8Array[] = [];
-  #avail = 0;
-  #seed = 12345;
 
   constructor(qd: number, bs: number, type: number) {
-    if (3 * qd > QUEUE_SIZE) throw new RangeError(`qd ${qd}: at most ${QUEUE_SIZE / 3}`);
-    this.ram = new GuestRam({ size: 8 << 20 });
+    super(qd, 3);
     const ram = this.ram;
-    this.rings = {
-      desc: ram.alloc(descTableBytes(QUEUE_SIZE), 4096),
-      avail: ram.alloc(availRingBytes(QUEUE_SIZE, true), 4096),
-      used: ram.alloc(usedRingBytes(QUEUE_SIZE, true), 4096),
-    };
-    this.queue = new DriverQueue<number>(ram.memory, QUEUE_SIZE, this.rings, { eventIdx: true });
     const write = type === BlkRequestType.IN ? VIRTQ_DESC_F_WRITE : 0;
     for (let k = 0; k < qd; k++) {
       const head = 3 * k;
@@ -78,30 +61,20 @@ class Driver {
 
   /** Offer every slot again, each at a new random block (`blocks` of `bs` bytes). */
   offer(blocks: number, bs: number): void {
-    const q = this.queue;
     const perBlock = bs / Blk.SECTOR_SIZE;
     for (let k = 0; k < this.heads.length; k++) {
-      this.#seed = (Math.imul(this.#seed, 1103515245) + 12345) >>> 0;
-      this.headers[k]!.setUint32(8, ((this.#seed >>> 8) % blocks) * perBlock, true);
+      this.headers[k]!.setUint32(8, this.nextBlock(blocks) * perBlock, true);
       this.status[k]![0] = 0xff;
-      q.writeAvailEntry(this.#avail + k, this.heads[k]!);
     }
-    this.#avail = (this.#avail + this.heads.length) & 0xffff;
-    q.writeAvailIdx(this.#avail);
+    this.publishAll();
   }
 
   /** Throw unless every offered request came back with status OK. */
   check(): void {
-    if (this.queue.readUsedIdx() !== this.#avail) {
-      throw new Error(`used.idx ${this.queue.readUsedIdx()} != avail.idx ${this.#avail}`);
-    }
+    this.checkUsed();
     for (let k = 0; k < this.status.length; k++) {
       if (this.status[k]![0] !== 0) throw new Error(`slot ${k}: status ${this.status[k]![0]}`);
     }
-  }
-
-  close(): void {
-    this.ram.close();
   }
 }
 
@@ -115,11 +88,7 @@ function queueWorkload(opts: Options): Workload {
   const driver = new Driver(opts.qd, opts.bs, BlkRequestType.IN);
   const q = new SplitQueue(0, QUEUE_SIZE);
   q.eventIdx = true;
-  q.configure(driver.ram.memory, {
-    desc: driver.ram.userAddrOf(driver.rings.desc),
-    avail: driver.ram.userAddrOf(driver.rings.avail),
-    used: driver.ram.userAddrOf(driver.rings.used),
-  });
+  q.configure(driver.ram.memory, driver.addresses);
   const inflight = inflightFor(opts);
   if (inflight) q.attachInflight(inflight);
   return {
@@ -145,19 +114,7 @@ function blkWorkload(opts: Options, storageKind: 'null' | 'memory', type: number
   const device = new BlkDevice({ storage, logger: logger('bench') });
   device.featuresNegotiated(device.features);
   let failure: Error | undefined;
-  const vring = new Vring(0, { available() {}, broken(_v, err) { failure = err; } }, logger('bench'));
-  vring.size = QUEUE_SIZE;
-  vring.addresses = {
-    desc: driver.ram.userAddrOf(driver.rings.desc),
-    avail: driver.ram.userAddrOf(driver.rings.avail),
-    used: driver.ram.userAddrOf(driver.rings.used),
-  };
-  vring.enabled = true;
-  vring.eventIdx = true;
-  vring.indirect = true;
-  vring.inflight = inflightFor(opts);
-  vring.start(native.eventfd(0), driver.ram.memory, device.maxChainLength);
-  vring.stopWatching();
+  const vring = driver.startVring(0, device.maxChainLength, (err) => { failure = err; }, inflightFor(opts));
   const blocks = Math.floor(DISK / opts.bs);
   // One pass as the framework runs it; bound once, so the loop itself allocates nothing.
   const pass = (): void => {

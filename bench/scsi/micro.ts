@@ -20,23 +20,19 @@
  */
 import { fileURLToPath } from 'node:url';
 import { measure, microMain, type MeasureOptions, type MicroResult, type Workload } from '../micro/measure.js';
-import { GuestRam } from '../../src/driver/guest-ram.js';
+import { SlotDriver } from '../micro/slot-driver.js';
 import { processRing } from '../../src/device/processing.js';
-import { Vring } from '../../src/device/vring.js';
 import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
 import { NullStorage } from '../../src/devices/blk/storage/null.js';
 import type { BlockStorage } from '../../src/devices/blk/storage/storage.js';
 import { ScsiDevice } from '../../src/devices/scsi/device.js';
 import { ScsiQueue, VirtioScsi, encodeLunField } from '../../src/devices/scsi/protocol.js';
-import { native } from '../../src/native/index.js';
 import { ScsiBus } from '../../src/scsi/bus.js';
 import { LogicalUnit } from '../../src/scsi/logical-unit.js';
 import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
 import { logger } from '../../src/util/log.js';
-import { DriverQueue } from '../../src/virtqueue/driver-queue.js';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, availRingBytes, descTableBytes, usedRingBytes } from '../../src/virtqueue/layout.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/layout.js';
 
-const QUEUE_SIZE = 128;
 /** Small enough that every 4 KiB block is read during the warm-up (the memory disk caches page views). */
 const DISK = 16 << 20;
 const BLOCK = 512;
@@ -68,12 +64,8 @@ function lbaOffset(cmd: Command): number {
   return cmd === 'read16' ? 6 : 2;
 }
 
-/** Guest RAM, rings, and per-slot request / response / data buffers with their descriptors written once. */
-class Driver {
-  readonly ram: GuestRam;
-  readonly queue: DriverQueue<number>;
-  readonly rings: { desc: number; avail: number; used: number };
-  readonly heads: number[] = [];
+/** Per-slot request / response / data buffers with their descriptors written once. */
+class Driver extends SlotDriver {
   readonly requestViews: DataView[] = [];
   readonly responses: Uint8Array[] = [];
   readonly responseViews: DataView[] = [];
@@ -81,23 +73,14 @@ class Driver {
   readonly bs: number;
   /** Header offset of the LBA's low 32 bits (a number: the per-round code compares no strings). */
   readonly lbaAt: number;
-  #avail = 0;
-  #seed = 12345;
   #tag = 0;
 
   constructor(qd: number, bs: number, cmd: Command) {
-    if (3 * qd > QUEUE_SIZE) throw new RangeError(`qd ${qd}: at most ${Math.floor(QUEUE_SIZE / 3)}`);
+    super(qd, 3);
     this.cmd = cmd;
     this.bs = bs;
     this.lbaAt = VirtioScsi.REQUEST_HEADER_BASE + lbaOffset(cmd);
-    this.ram = new GuestRam({ size: 8 << 20 });
     const ram = this.ram;
-    this.rings = {
-      desc: ram.alloc(descTableBytes(QUEUE_SIZE), 4096),
-      avail: ram.alloc(availRingBytes(QUEUE_SIZE, true), 4096),
-      used: ram.alloc(usedRingBytes(QUEUE_SIZE, true), 4096),
-    };
-    this.queue = new DriverQueue<number>(ram.memory, QUEUE_SIZE, this.rings, { eventIdx: true });
     const write = cmd === 'write10';
     const lunField = encodeLunField(0, 0, true);
     for (let k = 0; k < qd; k++) {
@@ -128,39 +111,28 @@ class Driver {
 
   /** Offer every slot again, each with a new tag and a new random LBA among `blocks` blocks of `bs` bytes. */
   offer(blocks: number): void {
-    // Through DataViews, as blk-hot-path's driver writes its headers: the driver's share of the count stays small
-    // and alike in both benchmarks.
-    const q = this.queue;
+    // Through DataViews, as blk-hot-path's driver writes its headers.
     const perBlock = this.bs / BLOCK;
     const o = this.lbaAt;
     for (let k = 0; k < this.heads.length; k++) {
-      this.#seed = (Math.imul(this.#seed, 1103515245) + 12345) >>> 0;
       const r = this.requestViews[k]!;
-      r.setUint32(o, ((this.#seed >>> 8) % blocks) * perBlock);
+      r.setUint32(o, this.nextBlock(blocks) * perBlock);
       // The tag's low 32 bits (the high ones stay 0), a small integer as Linux's are not: the tag is only echoed.
       this.#tag = (this.#tag + 1) & 0x3fffffff;
       r.setUint32(8, this.#tag, true);
       // Status and response poisoned: the device must overwrite them.
       this.responseViews[k]!.setUint16(10, 0xffff);
-      q.writeAvailEntry(this.#avail + k, this.heads[k]!);
     }
-    this.#avail = (this.#avail + this.heads.length) & 0xffff;
-    q.writeAvailIdx(this.#avail);
+    this.publishAll();
   }
 
   /** Throw unless every offered request came back with response OK and status GOOD. */
   check(): void {
-    if (this.queue.readUsedIdx() !== this.#avail) {
-      throw new Error(`used.idx ${this.queue.readUsedIdx()} != avail.idx ${this.#avail}`);
-    }
+    this.checkUsed();
     for (let k = 0; k < this.responses.length; k++) {
       const s = this.responses[k]!;
       if (s[10] !== 0 || s[11] !== 0) throw new Error(`slot ${k}: response ${s[11]}, status ${s[10]}`);
     }
-  }
-
-  close(): void {
-    this.ram.close();
   }
 }
 
@@ -177,18 +149,7 @@ function scsiWorkload(opts: Options, storageKind: 'null' | 'memory', cmd: Comman
   const device = new ScsiDevice({ bus, logger: logger('bench') });
   device.featuresNegotiated(device.features);
   let failure: Error | undefined;
-  const vring = new Vring(ScsiQueue.FIRST_REQUEST, { available() {}, broken(_v, err) { failure = err; } }, logger('bench'));
-  vring.size = QUEUE_SIZE;
-  vring.addresses = {
-    desc: driver.ram.userAddrOf(driver.rings.desc),
-    avail: driver.ram.userAddrOf(driver.rings.avail),
-    used: driver.ram.userAddrOf(driver.rings.used),
-  };
-  vring.enabled = true;
-  vring.eventIdx = true;
-  vring.indirect = true;
-  vring.start(native.eventfd(0), driver.ram.memory, device.maxChainLength);
-  vring.stopWatching();
+  const vring = driver.startVring(ScsiQueue.FIRST_REQUEST, device.maxChainLength, (err) => { failure = err; });
   device.ringStarted(vring);
   const blocks = Math.floor(DISK / opts.bs);
   return {
