@@ -177,7 +177,10 @@ test('all slots in flight at once, each completing exactly once with its own dat
   const c = new Collector(256);
   try {
     const slots = Array.from({ length: 256 }, (_, i) => i);
-    for (const i of slots) c.ring.writev(i, t.fd, pattern(4096, i), i * 4096);
+    // The caller keeps what it writes referenced until the completion (the ring's contract): a temporary could
+    // be collected, and its memory reused, before the kernel reads it.
+    const data = slots.map((i) => pattern(4096, i));
+    for (const i of slots) c.ring.writev(i, t.fd, data[i]!, i * 4096);
     const w = await c.run(slots);
     assert.ok([...w.values()].every((r) => r === 4096));
     const bufs = slots.map(() => new Uint8Array(4096));
@@ -185,7 +188,7 @@ test('all slots in flight at once, each completing exactly once with its own dat
     for (const i of slots.reverse()) c.ring.readv(i, t.fd, bufs[i]!, i * 4096);
     const r = await c.run(slots, false);
     assert.ok([...r.values()].every((x) => x === 4096));
-    for (const i of slots) assert.deepEqual(Buffer.from(bufs[i]!), Buffer.from(pattern(4096, i)), `block ${i}`);
+    for (const i of slots) assert.deepEqual(Buffer.from(bufs[i]!), Buffer.from(data[i]!), `block ${i}`);
   } finally {
     c.ring.close();
     t.cleanup();
@@ -352,7 +355,9 @@ test('rings in worker threads; terminating a worker with reads in flight is clea
           const ring2 = native.ioUring(4, () => {});
           const p = native.socketPair();
           native.setNonBlocking(p[0], false);
-          ring2.readv(0, p[0], new Uint8Array(8), 0);
+          // Kept referenced while the read is in flight (the ring's contract).
+          globalThis.pending = new Uint8Array(8);
+          ring2.readv(0, p[0], globalThis.pending, 0);
           ring2.submit(true);
         }
         parentPort.postMessage(n > 0 && Buffer.from(buf).toString().startsWith('Name:') ? 'ok' : 'bad:' + n);
