@@ -75,11 +75,12 @@ function targetLines(runs: readonly CaseRun[], variants: readonly OursVariant[])
         if (!r) continue;
         const cpuOk = t.maxCpuRatio === undefined || (r.cpuPerIo !== undefined && r.cpuPerIo <= t.maxCpuRatio);
         const met = r.iops >= t.minRatio && cpuOk;
-        json.push({ ...t, num: v.label, den: peer, ratio: r.iops, medianRatio: r.medianIops, cpuPerIoRatio: r.cpuPerIo, met });
+        json.push({ ...t, num: v.label, den: peer, ratio: r.iops, medianRatio: r.medianIops, pairedRatio: r.pairedIops, cpuPerIoRatio: r.cpuPerIo, met });
         lines.push(`target (issue #8): ${t.case} ${v.label}/${peer} = ${r.iops.toFixed(2)} (needs >= ${t.minRatio})` +
           (t.maxCpuRatio === undefined ? '' : `, CPU/IO ${r.cpuPerIo?.toFixed(2) ?? '?'} (needs <= ${t.maxCpuRatio})`) +
           `: ${met ? 'met' : 'NOT met'}` +
-          (run.sides[v.label]!.samples.length > 1 && r.medianIops !== undefined ? `; median ratio ${r.medianIops.toFixed(2)}` : ''));
+          (run.sides[v.label]!.samples.length > 1 && r.medianIops !== undefined ? `; median ratio ${r.medianIops.toFixed(2)}` : '') +
+          (r.pairs !== undefined && r.pairs > 1 ? `; median of ${r.pairs} adjacent pairs ${r.pairedIops!.toFixed(2)}` : ''));
       }
     }
   }

@@ -293,8 +293,18 @@ export function ok(run: CaseRun, label: string): DriverReport | undefined {
 
 /** num / den of two sides in a case: best runs' IOPS, median IOPS, and CPU per I/O. */
 export interface Ratio {
+  /** Best run against best run. */
   iops: number;
+  /** Median run against median run. */
   medianIops?: number;
+  /**
+   * The median of the ratios of adjacent runs (run i of one side against run i of the other: the runner takes
+   * turns, so those ran seconds apart), with their range. On a shared machine whose speed drifts by a factor of
+   * two over minutes, this is the steadiest of the three: best against best compares runs from different moments.
+   */
+  pairedIops?: number;
+  pairedRange?: [number, number];
+  pairs?: number;
   cpuPerIo?: number;
 }
 
@@ -306,6 +316,15 @@ export function sideRatio(run: CaseRun, num: string, den: string): Ratio | undef
   const ma = median(run.sides[num]!.samples);
   const mb = median(run.sides[den]!.samples);
   if (ma !== undefined && mb) out.medianIops = ma / mb;
+  const sa = run.sides[num]!.samples;
+  const sb = run.sides[den]!.samples;
+  // Only when every run of both sides succeeded: otherwise run i of one is not run i of the other.
+  if (sa.length > 0 && sa.length === sb.length) {
+    const r = sa.map((x, i) => x / sb[i]!);
+    out.pairedIops = median(r);
+    out.pairedRange = [Math.min(...r), Math.max(...r)];
+    out.pairs = r.length;
+  }
   if (a.backendCpuUsPerIo > 0 && b.backendCpuUsPerIo > 0) out.cpuPerIo = a.backendCpuUsPerIo / b.backendCpuUsPerIo;
   return out;
 }

@@ -31,11 +31,12 @@
 #define REQ_HEADER (19 + CDB_SIZE)  /* lun[8], id, task_attr, prio, crn, cdb[32] */
 #define RESP_HEADER (12 + SENSE_SIZE) /* sense_len, residual, status_qualifier, status, response, sense[96] */
 
-/* Per-command request and response, preallocated per slot. */
+/* Per-command request and response, preallocated per slot. Cache-line aligned, as Linux's struct virtio_scsi_cmd
+ * is: the 51 header bytes never straddle two lines, and no two slots share one. */
 struct slot_meta {
   uint8_t req[64];  /* REQ_HEADER bytes used */
   uint8_t resp[112]; /* RESP_HEADER bytes used */
-};
+} __attribute__((aligned(64)));
 
 /* Options beyond bench_opt's. */
 static struct {
