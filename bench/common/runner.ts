@@ -291,7 +291,7 @@ export function ok(run: CaseRun, label: string): DriverReport | undefined {
   return r && !r.error ? r.best : undefined;
 }
 
-/** num / den of two sides in a case: best runs' IOPS, median IOPS, and CPU per I/O. */
+/** num / den of two sides in a case: best runs' IOPS, median IOPS, the median of adjacent pairs, and CPU per I/O. */
 export interface Ratio {
   /** Best run against best run. */
   iops: number;
