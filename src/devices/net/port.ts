@@ -118,7 +118,8 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
   readonly #switch: NetSwitch;
   readonly #log: Logger;
   readonly #configuredMac: Uint8Array;
-  readonly #ctrlIndex: number;
+  /** The control queue: 2 × max pairs with MQ negotiated, else 2 (virtio 1.2, 5.1.2). */
+  #ctrlIndex: number;
   readonly #txBurst: number;
   readonly #pollMs: number;
   #mac: Uint8Array;
@@ -253,6 +254,13 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#guestCsum = hasFeature(features, NetFeature.GUEST_CSUM);
     this.#mq = hasFeature(features, NetFeature.MQ);
     this.#ctrlVq = hasFeature(features, NetFeature.CTRL_VQ);
+    // Without MQ the driver has one pair, and its control queue is queue 2. Moved only while no ring runs: a
+    // frontend that changes MQ under running rings keeps the layout they started with.
+    const ctrl = this.#mq ? 2 * this.maxQueuePairs : 2;
+    if (ctrl !== this.#ctrlIndex) {
+      if (this.#rings.every((r) => r === undefined)) this.#ctrlIndex = ctrl;
+      else this.#log.warn(`features changed MQ while rings run: the control queue stays queue ${this.#ctrlIndex}`);
+    }
     // Legacy drivers without MRG_RXBUF use the 10-byte header (no num_buffers).
     this.#hdrLen = this.#mrg || hasFeature(features, CommonFeature.VERSION_1) ? NET_HDR_SIZE : LEGACY_NET_HDR_SIZE;
     this.#numBuffersField = this.#hdrLen === NET_HDR_SIZE;
@@ -290,6 +298,7 @@ export class NetPort implements VirtioDevice, SwitchPort, ControlTarget {
     this.#numBuffersField = true;
     this.#words = LITTLE_ENDIAN;
     this.#ctrlPairs = undefined;
+    this.#ctrlIndex = 2 * this.maxQueuePairs;
     this.#rings.fill(undefined);
     this.#mac = this.#configuredMac;
     this.filter.reset(macKeyAt(this.#mac, 0));

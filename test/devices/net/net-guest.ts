@@ -70,7 +70,9 @@ export class NetGuest {
   static async connect(socketPath: string, options: NetGuestOptions = {}): Promise<NetGuest> {
     const refuse = featureMask(...(options.refuse ?? []));
     const probe = await VirtioDriver.connect({ socketPath, features: ~refuse & ((1n << 64n) - 1n) });
-    const queues = probe.maxQueues;
+    // Without MQ the driver has one pair, and its control queue (if any) is queue 2 (virtio 1.2, 5.1.2).
+    const queues = hasFeature(probe.features, NetFeature.MQ) ? probe.maxQueues
+      : hasFeature(probe.features, NetFeature.CTRL_VQ) ? 3 : 2;
     const guest = new NetGuest(probe, queues, options.rxBufferSize ?? 2048, options.refill ?? true);
     const size = options.queueSize ?? 64;
     await probe.startQueues(queues, size);

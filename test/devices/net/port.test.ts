@@ -411,6 +411,35 @@ test('multiqueue: VQ_PAIRS_SET chooses the pairs in use; frames from every tx qu
   }, { queuePairs: 2 });
 });
 
+test('multiqueue refused: one pair, the control queue is queue 2 whatever the port offers', async () => {
+  await withRig(2, async ({ connect, ports }) => {
+    const a = await connect(0, { refuse: [NetFeature.MQ] });
+    const b = await connect(1, { refuse: [NetFeature.MQ] });
+    assert.equal(b.queues, 3);
+    assert.equal(b.ctrlQueue, 2);
+    // Commands on queue 2 are control commands: acked, and they take effect. (A device that took queue 2 for a
+    // receive queue would hold the command until a frame came.)
+    let timer: NodeJS.Timeout | undefined;
+    const unanswered = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('no answer on queue 2: the device does not serve it as the control queue')), 5000);
+    });
+    try {
+      assert.equal(await Promise.race([b.control(CtrlClass.RX, CtrlRx.PROMISC, Uint8Array.of(0)), unanswered]), CtrlAck.OK);
+    } finally {
+      clearTimeout(timer);
+    }
+    assert.equal(await b.control(CtrlClass.MQ, CtrlMq.VQ_PAIRS_SET, Uint8Array.of(1, 0)), CtrlAck.ERR, 'MQ not negotiated');
+    assert.equal(ports[1]!.activeQueuePairs, 1);
+    // Promiscuous mode is off: the frame for another address (flooded by the switch, which has not seen it) is
+    // dropped, the one for b's own address, sent after it on the same ring, arrives on rx0.
+    await a.send(testFrame('02:00:00:00:00:77', MAC[0]!, 2));
+    await a.send(testFrame(MAC[1]!, MAC[0]!, 1));
+    const got = await b.waitFrames(1);
+    assert.deepEqual(got.map((r) => [r.queue, tagOf(r.frame)]), [[0, 1]]);
+    assert.equal(ports[0]!.stats.txPackets, 2);
+  }, { queuePairs: 2 });
+});
+
 test('the framework polls transmit rings (kicks off while busy, on again once idle), never receive rings', async () => {
   await withRig(2, async ({ connect, servers }) => {
     const a = await connect(0, { refuse: [CommonFeature.EVENT_IDX], queueSize: 256 });

@@ -1315,7 +1315,7 @@ class NetCase {
 // ---- the case ----
 
 /** What a port's model holds about the frontend and guest connected now (replaced when another one connects). */
-type Guest = Pick<PortModel, 'rig' | 'pool' | 'features' | 'hdrLen' | 'mrg' | 'csum' | 'guestCsum' | 'mq' | 'ctrlVq' |
+type Guest = Pick<PortModel, 'rig' | 'pool' | 'features' | 'hdrLen' | 'mrg' | 'csum' | 'guestCsum' | 'mq' | 'ctrlVq' | 'ctrlIndex' |
   'ctrlRx' | 'ctrlMac' | 'indirect' | 'protocolFeatures' | 'records' | 'inflight' | 'posted' | 'popped' | 'hostileRings' |
   'poisoned' | 'kickedTx' | 'usedFor' | 'assembly'>;
 
@@ -1326,12 +1326,15 @@ function connect(c: NetCase, port: NetPort, pairs: number, log: CapturingLogger)
   let features = rng.subsetOf(offered);
   if (rng.chance(0.85)) features |= featureMask(CommonFeature.VERSION_1);
   else features &= ~featureMask(CommonFeature.VERSION_1);
+  // Without MQ the driver has one pair and its control queue is queue 2 (virtio 1.2, 5.1.2).
+  const dataPairs = hasFeature(features, NetFeature.MQ) ? pairs : 1;
+  const ctrlIndex = 2 * dataPairs;
   const queues: number[] = [];
-  for (let q = 0; q < pairs; q++) {
+  for (let q = 0; q < dataPairs; q++) {
     if (rng.chance(q === 0 ? 0.95 : 0.75)) queues.push(2 * q);
     if (rng.chance(q === 0 ? 0.95 : 0.75)) queues.push(2 * q + 1);
   }
-  if (rng.chance(hasFeature(features, NetFeature.CTRL_VQ) ? 0.85 : 0.3)) queues.push(2 * pairs);
+  if (rng.chance(hasFeature(features, NetFeature.CTRL_VQ) ? 0.85 : 0.3)) queues.push(ctrlIndex);
   const mem = GuardedMemory.random(rng, { alignedOnly: true, sizes: [16384, 65536, 131072, 262144], minRegions: 1,
     maxRegions: 4, adjacent: 0.6 });
   const rig = DeviceRig.create(rng, port, mem, log, { queues, maxRingSize: rng.pick([32, 32, 128]), features });
@@ -1341,7 +1344,7 @@ function connect(c: NetCase, port: NetPort, pairs: number, log: CapturingLogger)
     rig, pool: new BufferPool(mem, rig.alloc.checkpoint()), features: neg,
     hdrLen: has(NetFeature.MRG_RXBUF) || has(CommonFeature.VERSION_1) ? 12 : 10,
     mrg: has(NetFeature.MRG_RXBUF), csum: has(NetFeature.CSUM), guestCsum: has(NetFeature.GUEST_CSUM),
-    mq: has(NetFeature.MQ), ctrlVq: has(NetFeature.CTRL_VQ), ctrlRx: has(NetFeature.CTRL_RX),
+    mq: has(NetFeature.MQ), ctrlVq: has(NetFeature.CTRL_VQ), ctrlIndex, ctrlRx: has(NetFeature.CTRL_RX),
     ctrlMac: has(NetFeature.CTRL_MAC_ADDR), indirect: has(CommonFeature.INDIRECT_DESC),
     protocolFeatures: has(CommonFeature.PROTOCOL_FEATURES), records: new Map(), inflight: new Map(), posted: new Map(),
     popped: new Map(), hostileRings: new Set(), poisoned: new Set(), kickedTx: new Set(), usedFor: new Map(),
@@ -1366,7 +1369,7 @@ function makePort(c: NetCase, sw: NetSwitch, index: number, log: CapturingLogger
     disabledPollMs: 3_600_000, logger: log.child(`p${index}`),
   });
   return {
-    index, port, pairs, ctrlIndex: 2 * pairs, configuredMac: mac, mac: mac.slice(), filter: freshFilter(),
+    index, port, pairs, configuredMac: mac, mac: mac.slice(), filter: freshFilter(),
     pairsSet: undefined, delivered: 0, txTaken: 0, expForward: 0, expErrors: 0, expDropped: 0,
     ...connect(c, port, pairs, log),
   };
