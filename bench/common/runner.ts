@@ -19,7 +19,8 @@ export const NOISY_CORES = 0.3;
 /** parseArgs options both benches take. */
 export const commonOptions = {
   time: { type: 'string' }, warmup: { type: 'string' }, size: { type: 'string' }, cases: { type: 'string' },
-  threads: { type: 'string' }, pin: { type: 'boolean' }, repeat: { type: 'string' }, 'quiet-wait': { type: 'string' },
+  threads: { type: 'string' }, pin: { type: 'boolean' }, repeat: { type: 'string' }, 'restart-every': { type: 'string' },
+  'quiet-wait': { type: 'string' },
   'poll-us': { type: 'string' }, workers: { type: 'string' }, variant: { type: 'string', multiple: true },
   'image-dir': { type: 'string' }, markdown: { type: 'boolean' }, out: { type: 'string' }, 'no-write': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -28,6 +29,7 @@ export const commonOptions = {
 /** What parseArgs returns for {@link commonOptions}. */
 export interface CommonValues {
   time?: string; warmup?: string; size?: string; cases?: string; threads?: string; pin?: boolean; repeat?: string;
+  'restart-every'?: string;
   'quiet-wait'?: string; 'poll-us'?: string; workers?: string; variant?: string[]; 'image-dir'?: string;
   markdown?: boolean; out?: string; 'no-write'?: boolean; help?: boolean;
 }
@@ -41,6 +43,8 @@ export function commonHelp(what: string): string {
   --threads N         driver threads per run (default: min(queues, CPUs - 1), at least 1)
   --pin               pin the driver's threads to the last CPUs
   --repeat N          runs per case and contender, taking turns; the best undisturbed run is kept (default 1)
+  --restart-every N   start every daemon afresh after each N of its runs (default 0: one daemon per case), so
+                      that more than one compilation of its hot path is sampled
   --quiet-wait SEC    before each run, wait up to SEC for other processes to go idle (default 5)
   --poll-us N         pass --poll-us N to ${what} (default: not passed, the daemon's default)
   --workers N|queues  pass --workers N to ${what}; 'queues': one per queue of the case (default: not passed)
@@ -61,6 +65,8 @@ export interface RunSettings {
   /** Null disk and image size in bytes. */
   size: number;
   repeat: number;
+  /** Start the daemons afresh after this many runs each (0: once per case). */
+  restartEvery: number;
   quietWaitMs: number;
   cpus: number;
   /** Driver threads; undefined: min(queues, CPUs - 1). */
@@ -107,6 +113,7 @@ export function parseCommon(v: CommonValues, variantPrefix: string): CommonSetti
     warmup: parseNumber(v.warmup, 'warmup', 0.5, 0),
     size: parseSize(v.size, 'size', 1024 * MiB, MiB),
     repeat: Math.floor(parseNumber(v.repeat, 'repeat', 1, 1)),
+    restartEvery: Math.floor(parseNumber(v['restart-every'], 'restart-every', 0, 0)),
     quietWaitMs: parseNumber(v['quiet-wait'], 'quiet-wait', 5, 0) * 1000,
     cpus: os.availableParallelism?.() ?? os.cpus().length,
     ...(threads === undefined ? {} : { threads }),
@@ -123,7 +130,8 @@ export function parseCommon(v: CommonValues, variantPrefix: string): CommonSetti
 /** The run parameters for the results file. */
 export function paramsJson(s: CommonSettings): Record<string, unknown> {
   return {
-    seconds: s.seconds, warmup: s.warmup, size: s.size, cpus: s.cpus, repeat: s.repeat, quietWaitMs: s.quietWaitMs,
+    seconds: s.seconds, warmup: s.warmup, size: s.size, cpus: s.cpus, repeat: s.repeat, restartEvery: s.restartEvery,
+    quietWaitMs: s.quietWaitMs,
     noisyCores: NOISY_CORES, threads: s.threads ?? 'min(queues, cpus-1)', pin: s.pin, qdIsPerQueue: true,
     ours: s.variants.map((v) => ({ label: v.label, pollUs: v.pollUs ?? 'default', workers: v.workers ?? 'default' })),
   };
@@ -238,24 +246,41 @@ export async function runCase(c: BenchCase, sides: readonly Side[], s: RunSettin
       process.stderr.write(' ceiling failed');
     }
   }
+  for (const side of sides) run.sides[side.label] = { samples: [] };
+  // Started in turns too (the first may land in a better spot of memory or of the other core's work).
   const daemons = new Map<Side, BenchDaemon>();
-  for (const side of sides) {
-    run.sides[side.label] = { samples: [] };
-    try {
-      const d = await side.start();
-      live.add(d);
-      daemons.set(side, d);
-    } catch (err) {
-      run.sides[side.label]!.error = (err as Error).message;
+  const startAll = async (reversed: boolean): Promise<void> => {
+    for (const side of reversed ? [...sides].reverse() : sides) {
+      const result = run.sides[side.label]!;
+      if (result.error) continue;
+      try {
+        const d = await side.start();
+        live.add(d);
+        daemons.set(side, d);
+      } catch (err) {
+        result.error = (err as Error).message;
+      }
     }
-  }
+  };
+  const stopAll = async (): Promise<void> => {
+    for (const d of daemons.values()) {
+      await d.stop();
+      live.delete(d);
+    }
+    daemons.clear();
+  };
+  await startAll(false);
   try {
     for (let i = 0; i < s.repeat; i++) {
-      const order = i % 2 === 0 ? [...daemons.keys()] : [...daemons.keys()].reverse();
+      if (s.restartEvery > 0 && i > 0 && i % s.restartEvery === 0) {
+        await stopAll();
+        await startAll((i / s.restartEvery) % 2 === 1);
+      }
+      const order = i % 2 === 0 ? sides : [...sides].reverse();
       for (const side of order) {
         const result = run.sides[side.label]!;
-        if (result.error) continue;
-        const d = daemons.get(side)!;
+        const d = daemons.get(side);
+        if (result.error || d === undefined) continue;
         try {
           if (s.quietWaitMs > 0) await waitForQuiet(NOISY_CORES, s.quietWaitMs);
           const r = await runDriver(side.binary, { ...p, socketPath: d.socketPath, backendPid: d.pid });
@@ -269,10 +294,7 @@ export async function runCase(c: BenchCase, sides: readonly Side[], s: RunSettin
       }
     }
   } finally {
-    for (const d of daemons.values()) {
-      await d.stop();
-      live.delete(d);
-    }
+    await stopAll();
   }
   for (const side of sides) {
     const result = run.sides[side.label]!;
