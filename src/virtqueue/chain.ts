@@ -6,7 +6,14 @@ import type { MemoryRegion } from '../memory/region.js';
 import { ViewCache } from '../memory/view-cache.js';
 import { copyFromViews, copyToViews, emptyViewList, viewsLength } from '../util/views.js';
 import { ChainError, ChainErrorKind } from './errors.js';
-import { DESC_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './layout.js';
+import * as layout from './layout.js';
+
+// Module-local copies: an imported binding is live, so each use in compiled code is a load and a check for the
+// temporal dead zone; a local const is folded into the instruction.
+const DESC_SIZE = layout.DESC_SIZE;
+const VIRTQ_DESC_F_NEXT = layout.VIRTQ_DESC_F_NEXT;
+const VIRTQ_DESC_F_WRITE = layout.VIRTQ_DESC_F_WRITE;
+const VIRTQ_DESC_F_INDIRECT = layout.VIRTQ_DESC_F_INDIRECT;
 
 const TWO_32 = 2 ** 32;
 /** Descriptor addresses with a high word at or above this are >= 2^53: out of range for us. */
@@ -198,6 +205,13 @@ export class ChainWalker {
   readonly #cache: ViewCache;
   /** Memory table generation the cache was filled under: a new table empties it (to let old regions go). */
   #cacheGeneration: number;
+  /**
+   * The region of the last buffer #walkDirect found: its guest-physical start and end and (buffer offset -
+   * address), as doubles (addresses pass the small integers at 2^30), so that the next buffer in the same region
+   * needs three loads instead of a region lookup. Empty (start > end) until then and after a new memory table.
+   */
+  readonly #last = Float64Array.of(1, 0, 0);
+  #lastRegion: MemoryRegion | undefined;
   /** Scratch list for a buffer that crosses regions (rare). */
   readonly #parts: Uint8Array[] = emptyViewList();
 
@@ -232,8 +246,10 @@ export class ChainWalker {
     const lo = tbl[w]!;
     const hi = tbl[w + 1]!;
     const len = tbl[w + 2]!;
-    // No NEXT, WRITE or INDIRECT flag (nor any other: the flags are the low half of the last word).
-    if ((tbl[w + 3]! & 0xffff) !== 0 || len === 0 || hi >= HI_LIMIT) return false;
+    // No NEXT, WRITE or INDIRECT flag. Reserved flag bits are ignored, as the walk ignores them: a chain both
+    // would see as one readable buffer must be taken here too.
+    if ((tbl[w + 3]! & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_INDIRECT)) !== 0 || len === 0 ||
+      hi >= HI_LIMIT) return false;
     const addr = lo + hi * TWO_32;
     const r = this.mem.gpaRegion(addr, len);
     if (r === undefined) return false;
@@ -254,6 +270,7 @@ export class ChainWalker {
     const size = this.size;
     const limit = this.maxChainLength < size ? this.maxChainLength : size;
     const mem = this.mem;
+    const last = this.#last;
     let nr = 0;
     let nw = 0;
     let readLen = 0;
@@ -268,9 +285,21 @@ export class ChainWalker {
       const fn = tbl[w + 3]!;
       if ((fn & VIRTQ_DESC_F_INDIRECT) !== 0 || len === 0 || hi >= HI_LIMIT) return false;
       const addr = lo + hi * TWO_32;
-      const r = mem.gpaRegion(addr, len);
-      if (r === undefined) return false;
-      const off = r.mmapOffset + (addr - r.guestPhysAddr);
+      let r: MemoryRegion;
+      let off: number;
+      if (addr >= last[0]! && addr < last[1]! && len <= last[1]! - addr) {
+        r = this.#lastRegion!;
+        off = addr + last[2]!;
+      } else {
+        const found = mem.gpaRegion(addr, len);
+        if (found === undefined) return false;
+        r = found;
+        off = r.mmapOffset + (addr - r.guestPhysAddr);
+        last[0] = r.guestPhysAddr;
+        last[1] = r.gpaEnd;
+        last[2] = r.mmapOffset - r.guestPhysAddr;
+        this.#lastRegion = r;
+      }
       if ((fn & VIRTQ_DESC_F_WRITE) !== 0) {
         nw = this.#put(chain.writable, chain.writableRegions, chain.writableOffsets, chain.writableLengths, nw, r, off,
           len);
@@ -447,6 +476,9 @@ export class ChainWalker {
 
   #clearCache(): void {
     this.#cache.clear();
+    this.#last[0] = 1;
+    this.#last[1] = 0;
+    this.#lastRegion = undefined;
     this.#cacheGeneration = this.mem.generation;
   }
 

@@ -547,3 +547,17 @@ test('popSingle takes one-buffer readable chains as numbers and leaves every oth
   assert.equal(device.popSingle(single), -2);
   assert.throws(() => device.pop(), (e: unknown) => e instanceof ChainError && e.kind === ChainErrorKind.HEAD_IN_USE);
 });
+
+test('popSingle ignores reserved descriptor flag bits, as pop does (the fuzzer found it leaving such a buffer)', () => {
+  const { driver, device } = makeRig(8);
+  const single = new SingleBuffer();
+  driver.writeDescriptor(0, DATA + 0x40, 24, 0x6800, 0);
+  offer(driver, 0, 0);
+  assert.equal(device.popSingle(single), 0);
+  assert.deepEqual([single.offset, single.length], [A.mmapOffset + DATA + 0x40, 24]);
+  device.push(0, 0);
+  // pop sees the same: one readable buffer of 24 bytes.
+  offer(driver, 0, 1);
+  const c = device.pop()!;
+  assert.deepEqual([c.head, c.readable.length, c.readableLength, c.writableLength], [0, 1, 24, 0]);
+});
