@@ -1,5 +1,5 @@
 /**
- * Runs the `vhost-user blk` daemon (the built CLI, `dist/src/cli/main.js`) as a child process for end-to-end
+ * Runs a `vhost-user <device>` daemon (the built CLI, `dist/src/cli/main.js`) as a child process for end-to-end
  * tests: start it, wait until it listens, read its log, stop it with SIGTERM or SIGKILL, and inspect its
  * /proc entries (open fds, mappings). Every daemon started here is killed when its test ends, whatever happens,
  * and also if the test process dies (`setpriv --pdeathsig KILL`, plus an exit hook).
@@ -60,9 +60,18 @@ export function blkDaemonArgs(o: BlkDaemonOptions): string[] {
   return args;
 }
 
-/** A running (or finished) `vhost-user blk` process. */
-export class BlkDaemon {
-  readonly options: BlkDaemonOptions;
+/** How to start a daemon with {@link VhostDaemon.start}. */
+export interface StartOptions<O> {
+  /** What the test started it with, kept on the daemon (`options`). */
+  options: O;
+  /** Wait until this appears in its output (e.g. that it listens); not at all when undefined. */
+  ready?: RegExp;
+  timeoutMs?: number;
+}
+
+/** A running (or finished) `vhost-user <device>` process; `options` is what the test started it with. */
+export class VhostDaemon<O = undefined> {
+  readonly options: O;
   readonly command: readonly string[];
   readonly #child: ChildProcess;
   #output = '';
@@ -71,7 +80,7 @@ export class BlkDaemon {
   /** Settles when the process has exited (never rejects). */
   readonly exited: Promise<DaemonExit>;
 
-  private constructor(options: BlkDaemonOptions, command: string[], child: ChildProcess) {
+  private constructor(options: O, command: string[], child: ChildProcess) {
     this.options = options;
     this.command = command;
     this.#child = child;
@@ -100,14 +109,13 @@ export class BlkDaemon {
   }
 
   /**
-   * Starts the daemon and, in server mode, waits until it listens (`listening on <socket>` in its output);
-   * in client mode it returns at once (the daemon keeps trying to connect). It is SIGKILLed when `t` ends.
-   * Rejects, with the daemon's output, if it exits or does not listen within `timeoutMs`.
+   * Starts `vhost-user ...args` and waits for `start.ready` in its output, if given. It is SIGKILLed when `t`
+   * ends. Rejects, with the daemon's output, if it exits or `ready` does not appear within `timeoutMs`.
    */
-  static async start(t: TestContext, options: BlkDaemonOptions, timeoutMs = 30_000): Promise<BlkDaemon> {
+  static async start<O>(t: TestContext, args: readonly string[], start: StartOptions<O>): Promise<VhostDaemon<O>> {
     const node = process.execPath;
     const setpriv = findExecutable('setpriv');
-    const base = [node, CLI_PATH, ...blkDaemonArgs(options)];
+    const base = [node, CLI_PATH, ...args];
     const command = setpriv === null ? base : [setpriv, '--pdeathsig', 'KILL', '--', ...base];
     if (!exitHookInstalled) {
       exitHookInstalled = true;
@@ -117,11 +125,11 @@ export class BlkDaemon {
     }
     const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(child);
-    const daemon = new BlkDaemon(options, command, child);
+    const daemon = new VhostDaemon(start.options, command, child);
     t.after(() => daemon.kill());
-    if (!options.client) {
+    if (start.ready !== undefined) {
       try {
-        await daemon.waitForOutput(new RegExp(`listening on ${escapeRegExp(options.socketPath)}`), timeoutMs);
+        await daemon.waitForOutput(start.ready, start.timeoutMs ?? 30_000);
       } catch (err) {
         await daemon.kill();
         throw err;
@@ -214,6 +222,20 @@ export class BlkDaemon {
     );
   }
 }
+
+/** A `vhost-user blk` daemon. */
+export type BlkDaemon = VhostDaemon<BlkDaemonOptions>;
+
+export const BlkDaemon = {
+  /**
+   * Starts `vhost-user blk` and, in server mode, waits until it listens (`listening on <socket>` in its output);
+   * in client mode it returns at once (the daemon keeps trying to connect).
+   */
+  start(t: TestContext, options: BlkDaemonOptions, timeoutMs = 30_000): Promise<BlkDaemon> {
+    const ready = options.client ? undefined : new RegExp(`listening on ${escapeRegExp(options.socketPath)}`);
+    return VhostDaemon.start(t, blkDaemonArgs(options), { options, timeoutMs, ...(ready ? { ready } : {}) });
+  },
+};
 
 function describeExit(e: DaemonExit): string {
   return e.signal === null ? `code ${e.code}` : `signal ${e.signal}`;

@@ -13,17 +13,15 @@
  *
  * Then the daemon is stopped (SIGTERM) and the image files are compared with what they must hold.
  */
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { buildInitramfs, type InitramfsFile } from '../guest/initramfs.js';
-import { findExecutable } from '../guest/host.js';
 import { bootGuest, requireQemu } from '../guest/qemu.js';
 import { makeTempDir } from '../guest/tmp.js';
-import { CLI_PATH } from './daemon.js';
+import { monitorCommand } from '../helpers/cli.js';
+import { VhostDaemon } from './daemon.js';
 import { KiB, MiB, describeImageDifference, sha256, taggedLines, testData } from './image.js';
 
 const DISK0_SIZE = 64 * MiB;
@@ -165,63 +163,7 @@ function dataFiles(): InitramfsFile[] {
   ];
 }
 
-/** `vhost-user scsi` as a child process (killed when the test ends, or if this process dies). */
-class ScsiDaemon {
-  readonly command: string[];
-  readonly child: ChildProcess;
-  output = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-
-  constructor(t: TestContext, args: string[]) {
-    const setpriv = findExecutable('setpriv');
-    const base = [process.execPath, CLI_PATH, 'scsi', ...args];
-    this.command = setpriv === null ? base : [setpriv, '--pdeathsig', 'KILL', '--', ...base];
-    this.child = spawn(this.command[0]!, this.command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    const append = (b: Buffer) => (this.output += b.toString('utf8'));
-    this.child.stdout!.on('data', append);
-    this.child.stderr!.on('data', append);
-    this.exited = new Promise((resolve) => this.child.on('close', (code, signal) => resolve({ code, signal })));
-    t.after(() => {
-      if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
-    });
-  }
-
-  async waitFor(re: RegExp, timeoutMs = 30_000): Promise<void> {
-    const end = Date.now() + timeoutMs;
-    while (!re.test(this.output)) {
-      if (this.child.exitCode !== null) throw new Error(`daemon exited before ${re}\n${this.describe()}`);
-      if (Date.now() > end) throw new Error(`${re} did not appear\n${this.describe()}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-
-  async stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    if (this.child.exitCode === null) this.child.kill('SIGTERM');
-    return this.exited;
-  }
-
-  describe(): string {
-    return `daemon: ${this.command.join(' ')}\n--- daemon output (tail) ---\n${this.output.split('\n').slice(-40).join('\n')}\n---`;
-  }
-}
-
-/** Send one command to the daemon's monitor and return the answer line. */
-function monitor(path: string, command: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = net.createConnection(path);
-    let answer = '';
-    socket.on('error', reject);
-    socket.on('connect', () => socket.write(command + '\n'));
-    socket.on('data', (d) => {
-      answer += d.toString('utf8');
-      const nl = answer.indexOf('\n');
-      if (nl >= 0) {
-        socket.end();
-        resolve(answer.slice(0, nl));
-      }
-    });
-  });
-}
+const monitor = monitorCommand;
 
 test('a Linux guest sees every LUN with its size, vendor, model and serial, reads back what it wrote, ' +
   'discards on a writable LUN only, and finds a hot-added LUN by itself', async (t) => {
@@ -236,13 +178,12 @@ test('a Linux guest sees every LUN with its size, vendor, model and serial, read
   const roBefore = statSync(roImage).mtimeMs;
   const initramfs = await buildInitramfs({ script: guestScript(), extraFiles: dataFiles() });
 
-  const daemon = new ScsiDaemon(t, [
+  const daemon = await VhostDaemon.start(t, ['scsi',
     '--socket-path', socketPath, '--monitor', monitorPath, '--num-queues', '2',
     '--lun', `${disk0},size=64M,serial=${LUNS.disk0.serial}`,
     '--lun', `${roImage},ro,lun=3,serial=${LUNS.ro.serial}`,
     '--lun', `memory:32M,target=1,block-size=4096,vendor=${LUNS.mem4k.vendor},product=${LUNS.mem4k.model},serial=${LUNS.mem4k.serial}`,
-  ]);
-  await daemon.waitFor(/Attach QEMU with:/);
+  ], { options: undefined, ready: /Attach QEMU with:/ });
   assert.equal(statSync(disk0).size, DISK0_SIZE);
   assert.equal(statSync(disk0).blocks, 0, 'a new sparse image');
 

@@ -1,65 +1,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { BlkStatus } from '../../../src/devices/blk/request.js';
+import { CliDaemon, MAIN, runCli, withCliDaemon } from '../../helpers/cli.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { BlkClient, pattern } from './helpers.js';
 
-const MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/cli/main.js');
 const MiB = 1 << 20;
 
-/** Run the CLI to completion. */
-function cli(args: string[], cwd?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [MAIN, ...args], { cwd, timeout: 20_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-/** A daemon running in a child process. */
-class Daemon {
-  readonly child: ChildProcess;
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-
-  constructor(args: string[], cwd?: string) {
-    this.child = spawn(process.execPath, [MAIN, 'blk', ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.on('data', (d: Buffer) => (this.stdout += d.toString()));
-    this.child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
-  }
-
-  /** Resolves once the daemon printed its start-up line (it listens by then). */
-  async started(): Promise<void> {
-    const end = Date.now() + 20_000;
-    while (!this.stdout.includes('Attach QEMU with:')) {
-      if (this.child.exitCode !== null) throw new Error(`daemon exited: ${this.stderr}`);
-      if (Date.now() > end) throw new Error(`daemon did not start: ${this.stderr}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-
-  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
-    if (this.child.exitCode === null) this.child.kill(signal);
-    return (await this.exited).code;
-  }
-}
-
-async function withDaemon(args: string[], fn: (d: Daemon) => Promise<void>, cwd?: string): Promise<void> {
-  const d = new Daemon(args, cwd);
-  try {
-    await d.started();
-    await fn(d);
-  } finally {
-    if (d.child.exitCode === null) d.child.kill('SIGKILL');
-  }
-}
+const cli = runCli;
+const withDaemon = (args: string[], fn: (d: CliDaemon) => Promise<void>, cwd?: string): Promise<void> =>
+  withCliDaemon('blk', args, fn, cwd);
 
 test('--print-capabilities and --print-qemu print and exit without opening anything', async () => {
   const { dir, cleanup } = tempDir();

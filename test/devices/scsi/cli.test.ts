@@ -1,83 +1,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseLunSpec, placeLuns } from '../../../src/cli/scsi.js';
 import { EventType, ResetReason, ScsiResponse } from '../../../src/devices/scsi/protocol.js';
 import { ScsiStatus } from '../../../src/scsi/constants.js';
+import { CliDaemon, monitorCommand, runCli, withCliDaemon } from '../../helpers/cli.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { Cdb, pattern } from '../../scsi/helpers.js';
 import { ScsiClient } from './helpers.js';
 
-const MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/cli/main.js');
 const MiB = 1 << 20;
 
-function cli(args: string[], cwd?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [MAIN, ...args], { cwd, timeout: 20_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
+const withDaemon = (args: string[], fn: (d: CliDaemon) => Promise<void>, cwd?: string): Promise<void> =>
+  withCliDaemon('scsi', args, fn, cwd);
 
-class Daemon {
-  readonly child: ChildProcess;
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-
-  constructor(args: string[], cwd?: string) {
-    this.child = spawn(process.execPath, [MAIN, 'scsi', ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.on('data', (d: Buffer) => (this.stdout += d.toString()));
-    this.child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
-  }
-
-  async started(): Promise<void> {
-    const end = Date.now() + 20_000;
-    while (!this.stdout.includes('Attach QEMU with:')) {
-      if (this.child.exitCode !== null) throw new Error(`daemon exited: ${this.stderr}`);
-      if (Date.now() > end) throw new Error(`daemon did not start: ${this.stderr}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-
-  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
-    if (this.child.exitCode === null) this.child.kill(signal);
-    return (await this.exited).code;
-  }
-}
-
-async function withDaemon(args: string[], fn: (d: Daemon) => Promise<void>, cwd?: string): Promise<void> {
-  const d = new Daemon(args, cwd);
-  try {
-    await d.started();
-    await fn(d);
-  } finally {
-    if (d.child.exitCode === null) d.child.kill('SIGKILL');
-  }
-}
-
-/** One command on a monitor connection. */
-function monitor(file: string, command: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.createConnection(file);
-    let buf = '';
-    s.on('error', reject);
-    s.on('connect', () => s.write(command + '\n'));
-    s.on('data', (d) => {
-      buf += d.toString();
-      if (buf.includes('\n')) {
-        s.end();
-        resolve(buf.slice(0, buf.indexOf('\n')));
-      }
-    });
-  });
-}
+const monitor = monitorCommand;
 
 test('LUN specs: storage forms, options, escaped commas, and what is refused', () => {
   const a = parseLunSpec('/tmp/disk.img,serial=S1,ro,target=2,lun=7,block-size=4096,vendor=V,product=P,write-through,size=1G');
