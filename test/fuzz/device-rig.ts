@@ -9,6 +9,7 @@ import { native, closeQuietly } from '../../src/native/index.js';
 import { DeviceBackend, offeredFeatures, offeredProtocolFeatures } from '../../src/device/backend.js';
 import type { VirtioDevice } from '../../src/device/device.js';
 import type { Vring } from '../../src/device/vring.js';
+import type { DescriptorChain } from '../../src/virtqueue/chain.js';
 import { ChainError, QueueError } from '../../src/virtqueue/errors.js';
 import { CommonFeature, featureMask, hasFeature } from '../../src/virtio/constants.js';
 import { DriverRing, placeRing } from './driver-side.js';
@@ -105,6 +106,27 @@ export class DeviceRig {
       () => `queue ${index} was stopped by a device exception: ${err?.stack ?? String(err)}`);
   }
 
+  /**
+   * Reap every ring's used entries: each must be a chain the driver posted, used with the length the device
+   * completed it with (`completed`, keyed by index * 0x10000 + head). A ring that is not broken must have
+   * processed all that was posted, unless `mayHold(index)` (a device keeps an event queue's buffers). Returns how
+   * many rings are broken.
+   */
+  checkUsed(completed: ReadonlyMap<number, number>, mayHold: (index: number) => boolean = () => false): number {
+    let brokenRings = 0;
+    for (const [index, ring] of this.rings) {
+      const broken = this.vring(index).error !== undefined;
+      if (broken) brokenRings++;
+      for (const u of ring.reap()) {
+        check(u.known, `queue ${index}: used id ${u.id} is not a chain the driver posted`);
+        const len = completed.get(index * 0x10000 + u.id);
+        check(len === u.len, `queue ${index}: used length ${u.len} for head ${u.id}, the device completed it with ${len}`);
+      }
+      check(broken || mayHold(index) || ring.inFlight === 0, () => `queue ${index}: ${ring.inFlight} posted chain(s) were not processed`);
+    }
+    return brokenRings;
+  }
+
   /** Guards intact? */
   checkGuards(): void {
     const bad = this.mem.firstDamagedGuard();
@@ -121,4 +143,12 @@ export class DeviceRig {
     check(result === 'done', () => `the rings did not go idle on disconnect (chains in flight per queue: ${pending})`);
     this.checkGuards();
   }
+}
+
+/** Do the chain's buffers overlap each other (then a device's own writes may change what it reads)? */
+export function viewsOverlap(chain: DescriptorChain): boolean {
+  const ranges = [...chain.readable, ...chain.writable].map((v) => [v.byteOffset, v.byteOffset + v.byteLength] as const)
+    .sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < ranges.length; i++) if (ranges[i]![0] < ranges[i - 1]![1]) return true;
+  return false;
 }

@@ -204,3 +204,16 @@ export class DriverRing {
     return out;
   }
 }
+
+/**
+ * Corrupt one field of descriptor `head` as a hostile driver might after posting it: the address, the length, or
+ * the WRITE/INDIRECT flags. The ring usually breaks on it, and the device must say so without side effects.
+ */
+export function corruptDescriptor(rng: Rng, ring: DriverRing, head: number): void {
+  const d = ring.readDescriptor(head);
+  const field = rng.int(3);
+  if (field === 0) d.addr = rng.interesting64();
+  else if (field === 1) d.len = rng.interesting32();
+  else d.flags ^= F_WRITE << rng.int(2);
+  ring.writeDescriptor(head, d);
+}

@@ -19,8 +19,8 @@ import { Blk, BlkRequestType, BlkStatus } from '../../../src/devices/blk/request
 import type { DescriptorChain } from '../../../src/virtqueue/chain.js';
 import { RequestRejected } from '../../../src/protocol/backend.js';
 import { CommonFeature, hasFeature } from '../../../src/virtio/constants.js';
-import { DeviceRig } from '../device-rig.js';
-import { F_WRITE, type BufferSpec, type DriverRing } from '../driver-side.js';
+import { DeviceRig, viewsOverlap } from '../device-rig.js';
+import { corruptDescriptor, type BufferSpec, type DriverRing } from '../driver-side.js';
 import { GuardedMemory } from '../guarded-memory.js';
 import { CapturingLogger, check, Stats, UNEXPECTED_LOG, type FuzzTarget } from '../harness.js';
 import type { Rng } from '../rng.js';
@@ -60,16 +60,10 @@ interface Expectation {
 
 const TYPE_NAMES: Record<number, string> = { 0: 'in', 1: 'out', 4: 'flush', 8: 'getid', 11: 'discard', 13: 'wzeroes' };
 
-function overlapping(chain: DescriptorChain): boolean {
-  const ranges = [...chain.readable, ...chain.writable].map((v) => [v.byteOffset, v.byteOffset + v.byteLength] as const)
-    .sort((a, b) => a[0] - b[0]);
-  for (let i = 1; i < ranges.length; i++) if (ranges[i]![0] < ranges[i - 1]![1]) return true;
-  return false;
-}
 
 /** The reference: what the spec (and the advertised limits) say must happen to `chain`. */
 function expect(chain: DescriptorChain, p: Params): Expectation {
-  const ov = overlapping(chain);
+  const ov = viewsOverlap(chain);
   const wlen = chain.writableLength;
   const rlen = chain.readableLength;
   let name = 'short';
@@ -244,12 +238,7 @@ function post(rng: Rng, rig: DeviceRig, ring: DriverRing, built: Built, indirect
   const head = ring.post(built.buffers, table);
   if (head !== undefined && rng.chance(hostile / 3)) {
     // A corrupted descriptor: the ring will (usually) break, and the device must say so without side effects.
-    const d = ring.readDescriptor(head);
-    const field = rng.int(3);
-    if (field === 0) d.addr = rng.interesting64();
-    else if (field === 1) d.len = rng.interesting32();
-    else d.flags ^= F_WRITE << rng.int(2);
-    ring.writeDescriptor(head, d);
+    corruptDescriptor(rng, ring, head);
     stats.count('corrupted');
   }
   return head;
@@ -357,16 +346,7 @@ async function runBlkCase(rng: Rng): Promise<void> {
       }
       for (const index of kicked) kick(index);
       check(pending.size === 0, () => `${pending.size} request(s) handed to the device were never completed`);
-      for (const [index, ring] of rig.rings) {
-        const broken = rig.vring(index).error !== undefined;
-        if (broken) stats.count('ring-broken');
-        for (const u of ring.reap()) {
-          check(u.known, `queue ${index}: used id ${u.id} is not a chain the driver posted`);
-          const len = completedLen.get(index * 0x10000 + u.id);
-          check(len === u.len, `queue ${index}: used length ${u.len} for head ${u.id}, the device completed it with ${len}`);
-        }
-        check(broken || ring.inFlight === 0, () => `queue ${index}: ${ring.inFlight} posted chain(s) were not processed`);
-      }
+      for (let n = rig.checkUsed(completedLen); n > 0; n--) stats.count('ring-broken');
       rig.checkGuards();
       rig.freeBuffers();
     }

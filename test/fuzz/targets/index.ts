@@ -5,6 +5,7 @@ import { chainTarget } from './chain.js';
 import { codecTarget } from './codec.js';
 import { consoleTarget } from './console.js';
 import { netTarget } from './net.js';
+import { scsiTarget } from './scsi.js';
 import { serverTarget } from './server.js';
 
 export const targets: Record<string, FuzzTarget> = {
@@ -14,4 +15,5 @@ export const targets: Record<string, FuzzTarget> = {
   blk: blkTarget,
   console: consoleTarget,
   net: netTarget,
+  scsi: scsiTarget,
 };
