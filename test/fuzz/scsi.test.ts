@@ -12,4 +12,7 @@ test('fuzz smoke: scsi (random commands, layouts, task management, hotplug on th
     'event-completed', 'hot-added', 'hot-removed', 'disabled-ring', 'ring-broken']) {
     assert.ok(seen(scsiTarget, key) > 0, `${key} never happened`);
   }
+  // Task management ended reads and writes that were in flight on the deferred disks.
+  const ended = ['read-r2-s0', 'read-r4-s0', 'write-r2-s0', 'write-r4-s0'].reduce((n, k) => n + seen(scsiTarget, k), 0);
+  assert.ok(ended > 0, 'no READ or WRITE was ever aborted or reset in flight');
 });

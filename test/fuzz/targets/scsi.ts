@@ -5,7 +5,9 @@
  * every other operation code with random CDB bytes, LUN fields of any shape, headers and responses split over
  * buffers or too short, data both ways, odd data lengths, indirect tables, corrupted descriptors; random task
  * management and asynchronous-notification requests on the control queue; LUNs added and removed (HOTPLUG events
- * into whatever buffers the event queue has); rings disabled and re-enabled.
+ * into whatever buffers the event queue has); rings disabled and re-enabled. Half the cases put the LUNs on
+ * storage that completes on a later turn of the event loop, so that task management and hotplug meet commands
+ * in flight.
  *
  * A reference written here says, before each request is handled, what must happen to the requests it models
  * (well-formed READ/WRITE(10/16) to a unit: GOOD with the disk's bytes or the data written, or CHECK CONDITION
@@ -17,6 +19,7 @@
  * warnings stay bounded.
  */
 import { MemoryStorage } from '../../../src/devices/blk/storage/memory.js';
+import type { BlockStorage, IoCallback } from '../../../src/devices/blk/storage/storage.js';
 import { ScsiDevice } from '../../../src/devices/scsi/device.js';
 import { ControlType, ScsiQueue, ScsiResponse, VirtioScsi, encodeLunField } from '../../../src/devices/scsi/protocol.js';
 import { ScsiBus } from '../../../src/scsi/bus.js';
@@ -40,7 +43,58 @@ const RW = new Set<number>([Opcode.READ_10, Opcode.WRITE_10, Opcode.READ_16, Opc
 /** Operation codes that may change a unit's blocks: after one the reference does not model, the mirror is re-read. */
 const WRITING = new Set<number>([Opcode.WRITE_6, Opcode.WRITE_10, Opcode.WRITE_12, Opcode.WRITE_16,
   Opcode.WRITE_SAME_10, Opcode.WRITE_SAME_16, Opcode.UNMAP]);
-const REACHED = [ScsiResponse.OK, ScsiResponse.OVERRUN];
+/** A command that reached a target: OVERRUN when its buffers are too small, ABORTED or RESET by task management. */
+const REACHED = [ScsiResponse.OK, ScsiResponse.OVERRUN, ScsiResponse.ABORTED, ScsiResponse.RESET];
+
+/**
+ * A memory disk whose operations complete on a later turn of the event loop, in the order they were started (as
+ * a file's would, roughly), so that task management finds commands in flight. The bytes move when the operation
+ * starts.
+ */
+class DeferredStorage implements BlockStorage {
+  readonly kind;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly canUnmap: boolean;
+  readonly description = 'deferred memory disk';
+  readonly #inner: MemoryStorage;
+
+  constructor(inner: MemoryStorage) {
+    this.#inner = inner;
+    this.kind = inner.kind;
+    this.size = inner.size;
+    this.readOnly = inner.readOnly;
+    this.canUnmap = inner.canUnmap;
+  }
+
+  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+    this.#inner.read(buffers, position, later(done));
+  }
+
+  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+    this.#inner.write(buffers, position, later(done));
+  }
+
+  flush(done: IoCallback): void {
+    this.#inner.flush(later(done));
+  }
+
+  discard(position: number, length: number, done: IoCallback): void {
+    this.#inner.discard(position, length, later(done));
+  }
+
+  writeZeroes(position: number, length: number, unmap: boolean, done: IoCallback): void {
+    this.#inner.writeZeroes(position, length, unmap, later(done));
+  }
+
+  close(): Promise<void> {
+    return this.#inner.close();
+  }
+}
+
+function later(done: IoCallback): IoCallback {
+  return (err) => setImmediate(() => done(err));
+}
 
 interface Unit {
   target: number;
@@ -52,6 +106,8 @@ interface Unit {
   readOnly: boolean;
   /** A command the reference does not model may have written: re-read the mirror at the end of the round. */
   dirty: boolean;
+  /** Modeled writes started and not yet completed (a read started meanwhile may see their bytes or not). */
+  writesInFlight: number;
 }
 
 /** What must happen to one request chain. */
@@ -63,7 +119,7 @@ interface Expectation {
   /** Or the response bytes it may be: a command that reached a target (OVERRUN when its buffers are too small). */
   responses?: readonly number[];
   /** A modeled READ/WRITE: GOOD with this transfer, or CHECK CONDITION without side effects (range, read-only...). */
-  rw?: { unit: Unit; write: boolean; pos: number; len: number; data?: Buffer; inRange: boolean };
+  rw?: { unit: Unit; write: boolean; pos: number; len: number; data?: Buffer; inRange: boolean; tainted: boolean };
   overlapping: boolean;
   name: string;
 }
@@ -109,7 +165,9 @@ function expectRequest(chain: DescriptorChain, units: readonly Unit[], targets: 
   const inRange = lba + blocks <= capacity && !(write && unit.readOnly);
   const pos = lba * unit.blockSize;
   const data = write && inRange ? Buffer.from(h.subarray(HEADER, HEADER + len)) : undefined;
-  return { response: ScsiResponse.OK, rw: { unit, write, pos, len, inRange, ...(data ? { data } : {}) }, overlapping: ov,
+  const tainted = !write && unit.writesInFlight > 0;
+  if (write) unit.writesInFlight++;
+  return { responses: REACHED, rw: { unit, write, pos, len, inRange, tainted, ...(data ? { data } : {}) }, overlapping: ov,
     name: `${write ? 'write' : 'read'}${inRange ? '' : '-refused'}` };
 }
 
@@ -128,6 +186,10 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
   const status = w[10]!;
   const response = w[11]!;
   if (want.overlapping) {
+    if (want.rw?.write) {
+      want.rw.unit.writesInFlight--;
+      want.rw.unit.dirty = true;
+    }
     stats.count('overlapping');
     return;
   }
@@ -139,7 +201,13 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
     check(want.responses.includes(response), () => `request ${chain.head} (${want.name}): response ${response}, expected one of ${want.responses}`);
   }
   stats.count(`${want.name}-r${response}-s${status}`);
-  if (response !== ScsiResponse.OK) return;
+  const rw = want.rw;
+  if (rw?.write) rw.unit.writesInFlight--;
+  if (response !== ScsiResponse.OK) {
+    // Ended by task management (or OVERRUN): a write may have reached the disk before it was aborted.
+    if (rw?.write) rw.unit.dirty = true;
+    return;
+  }
   check(STATUSES.has(status), () => `request ${chain.head}: status 0x${status.toString(16)}`);
   check(senseLen <= VirtioScsi.DEFAULT_SENSE_SIZE && VirtioScsi.RESPONSE_HEADER_BASE + senseLen <= len,
     () => `request ${chain.head}: sense_len ${senseLen} with used length ${len}`);
@@ -148,7 +216,6 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
     check(senseLen >= 8 && (code === 0x70 || code === 0x71), () => `request ${chain.head}: CHECK CONDITION with sense ` +
       `length ${senseLen}, response code 0x${code.toString(16)}`);
   }
-  const rw = want.rw;
   if (rw === undefined) return;
   if (status === ScsiStatus.CHECK_CONDITION) {
     // Refused: out of range (ILLEGAL REQUEST), read-only (DATA PROTECT), or, whatever the request, a unit
@@ -165,6 +232,8 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
   check(w.readUInt32LE(4) === 0, () => `request ${chain.head}: residual ${w.readUInt32LE(4)} after a full transfer`);
   if (rw.write) {
     rw.data!.copy(rw.unit.mirror, rw.pos);
+  } else if (rw.tainted) {
+    stats.count('read-tainted');
   } else {
     check(w.subarray(RESPONSE, RESPONSE + rw.len).equals(rw.unit.mirror.subarray(rw.pos, rw.pos + rw.len)),
       () => `request ${chain.head}: read of ${rw.len} bytes at ${rw.pos} returned other data than the unit holds`);
@@ -273,15 +342,16 @@ function post(rng: Rng, rig: DeviceRig, ring: DriverRing, parts: readonly Part[]
 
 // ---- the case ----
 
-function makeUnit(rng: Rng, target: number, lun: number): Unit {
+function makeUnit(rng: Rng, target: number, lun: number, deferred: boolean): Unit {
   const blockSize = rng.pick([512, 512, 4096]);
   const size = blockSize * rng.pick([8, 64, 256]);
   const readOnly = rng.chance(0.2);
   const storage = new MemoryStorage({ size });
   const content = rng.bytes(size);
   storage.write([content], 0, (err) => check(err === null, 'prefill failed'));
-  const unit = new LogicalUnit({ storage, blockSize, readOnly, serial: `fz${target}x${lun}` });
-  return { target, lun, unit, storage, mirror: Buffer.from(content), blockSize, readOnly, dirty: false };
+  const unit = new LogicalUnit({ storage: deferred ? new DeferredStorage(storage) : storage, blockSize, readOnly,
+    serial: `fz${target}x${lun}` });
+  return { target, lun, unit, storage, mirror: Buffer.from(content), blockSize, readOnly, dirty: false, writesInFlight: 0 };
 }
 
 function resync(u: Unit): void {
@@ -292,13 +362,15 @@ function resync(u: Unit): void {
 async function runScsiCase(rng: Rng): Promise<void> {
   const hostile = rng.pick([0, 0.02, 0.1, 0.3]);
   const log = new CapturingLogger('scsi', 'info');
+  // Storage that completes later: commands are in flight when task management and hotplug come.
+  const deferred = rng.chance(0.5);
   const bus = new ScsiBus();
   const units: Unit[] = [];
   for (let i = rng.range(0, 3); i > 0; i--) {
     const target = rng.int(2);
     const lun = rng.weighted<number>([[4, rng.int(4)], [1, rng.int(256)]]);
     if (units.some((u) => u.target === target && u.lun === lun)) continue;
-    const u = makeUnit(rng, target, lun);
+    const u = makeUnit(rng, target, lun, deferred);
     bus.add(target, lun, u.unit);
     units.push(u);
   }
@@ -382,8 +454,10 @@ async function runScsiCase(rng: Rng): Promise<void> {
         stats.count('disabled-ring');
       }
       for (const index of kicked) kick(index);
-      // Task management completes after the tasks it ends: let those promises settle.
-      await new Promise((r) => setImmediate(r));
+      // Storage completes later, and task management after the tasks it ends: let them settle.
+      for (let i = 0; i < 200 && [...pending.values()].some((w) => w !== 'event'); i++) {
+        await new Promise((r) => setImmediate(r));
+      }
       if (violations.length > 0) throw violations[0];
       check([...pending.values()].every((w) => w === 'event'),
         () => `${pending.size} request(s) handed to the device were never completed`);
@@ -400,7 +474,7 @@ async function runScsiCase(rng: Rng): Promise<void> {
           const target = rng.int(2);
           const lun = rng.int(8);
           if (!units.some((u) => u.target === target && u.lun === lun)) {
-            const u = makeUnit(rng, target, lun);
+            const u = makeUnit(rng, target, lun, deferred);
             device.addUnit(target, lun, u.unit);
             units.push(u);
             stats.count('hot-added');
