@@ -84,9 +84,17 @@ export class DeviceRig {
     return rig;
   }
 
-  /** Make every buffer allocation since the rings free again (once the chains using them are done). */
+  /** Make every buffer allocation since the rings (or since {@link keepBuffers}) free again (once the chains using them are done). */
   freeBuffers(): void {
     this.alloc.rewind(this.#afterRings);
+  }
+
+  /**
+   * Keep every buffer allocated so far out of {@link freeBuffers}' reach: for buffers a device holds across rounds
+   * (an event queue's), which must not be handed out again while it may still write into them.
+   */
+  keepBuffers(): void {
+    this.#afterRings = this.alloc.checkpoint();
   }
 
   vring(index: number): Vring {

@@ -434,6 +434,8 @@ async function runScsiCase(rng: Rng): Promise<void> {
         post(rng, rig, eventRing, [{ write: true, data: new Uint8Array(len) }], indirect, hostile / 3);
       }
       kick(ScsiQueue.EVENT);
+      // The device takes these buffers (and reads their indirect tables) only when it has an event, rounds later.
+      rig.keepBuffers();
     }
     const rounds = rng.range(1, 5);
     for (let round = 0; round < rounds; round++) {
