@@ -9,7 +9,7 @@ test('fuzz smoke: scsi (random commands, layouts, task management, hotplug on th
   // Reads and writes that ran and were refused, every kind of misaddressed or misshapen request, and the rest.
   for (const key of ['read-r0-s0', 'write-r0-s0', 'read-refused-r0-s2', 'write-refused-r0-s2', 'bad-target-r3-s0',
     'rw-no-lun-r0-s2', 'short-r9-s0', 'no-response', 'rw-other-r1-s0', 'other-r0-s0', 'control-completed',
-    'event-completed', 'hot-added', 'hot-removed', 'disabled-ring', 'ring-broken']) {
+    'event-completed', 'event-reset-1', 'event-reset-2', 'hot-added', 'hot-removed', 'disabled-ring', 'ring-broken']) {
     assert.ok(seen(scsiTarget, key) > 0, `${key} never happened`);
   }
   // Task management ended reads and writes that were in flight on the deferred disks.

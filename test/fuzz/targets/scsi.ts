@@ -15,13 +15,14 @@
  * does not exist; FAILURE for a response or header that does not fit). Checked for every chain: it completes
  * exactly once, with a used length within its writable bytes, a valid response byte, a valid status, sense no
  * longer than sense_size and in fixed format; the units' contents match a mirror (re-read after commands the
- * reference does not model that may write); nothing touches the guards; no exception escapes or stops a ring;
- * warnings stay bounded.
+ * reference does not model that may write); event buffers come back whole (or zeroed when too small) and report
+ * only LUNs that were added (RESCAN) or removed (REMOVED); nothing touches the guards; no exception escapes or
+ * stops a ring; warnings stay bounded.
  */
 import { MemoryStorage } from '../../../src/devices/blk/storage/memory.js';
 import type { BlockStorage, IoCallback } from '../../../src/devices/blk/storage/storage.js';
 import { ScsiDevice } from '../../../src/devices/scsi/device.js';
-import { ControlType, ScsiQueue, ScsiResponse, VirtioScsi, encodeLunField } from '../../../src/devices/scsi/protocol.js';
+import { ControlType, EventType, ResetReason, ScsiQueue, ScsiResponse, VirtioScsi, encodeLunField } from '../../../src/devices/scsi/protocol.js';
 import { ScsiBus } from '../../../src/scsi/bus.js';
 import { Opcode, ScsiStatus, SenseKey } from '../../../src/scsi/constants.js';
 import { LogicalUnit } from '../../../src/scsi/logical-unit.js';
@@ -240,6 +241,31 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
   }
 }
 
+/**
+ * An event buffer came back: a whole event when it has room for one (else zeros in what fits), and a
+ * TRANSPORT_RESET only for a LUN that was added (RESCAN) or removed (REMOVED).
+ */
+function checkEvent(chain: DescriptorChain, len: number, hotplugged: ReadonlySet<string>): void {
+  const w = Buffer.concat(chain.writable);
+  if (w.length < VirtioScsi.EVENT_SIZE) {
+    check(len === w.length && w.subarray(0, len).every((b) => b === 0), () => `event buffer ${chain.head} of ${w.length} ` +
+      `bytes came back with length ${len} and not all zeros`);
+    stats.count('event-short');
+    return;
+  }
+  check(len === VirtioScsi.EVENT_SIZE, () => `event buffer ${chain.head}: used length ${len}`);
+  const event = w.readUInt32LE(0);
+  const type = (event & ~EventType.EVENTS_MISSED) >>> 0;
+  if ((event & EventType.EVENTS_MISSED) !== 0) stats.count('event-missed');
+  if (type === EventType.NO_EVENT) return;
+  check(type === EventType.TRANSPORT_RESET, () => `event buffer ${chain.head}: event 0x${event.toString(16)}`);
+  // The LUN field: 1, target, then the LUN in bytes 2-3.
+  const what = `${w[5]}:${((w[6]! & 0x3f) << 8) | w[7]!}:${w.readUInt32LE(12)}`;
+  check(w[4] === 1 && hotplugged.has(what), () => `event buffer ${chain.head}: TRANSPORT_RESET for ${what} (LUN field ` +
+    `${w.subarray(4, 12).toString('hex')}), which was neither added nor removed`);
+  stats.count(`event-reset-${w.readUInt32LE(12)}`);
+}
+
 // ---- generation ----
 
 type Part = { write: boolean; data: Uint8Array };
@@ -386,6 +412,8 @@ async function runScsiCase(rng: Rng): Promise<void> {
   const targets = (): Set<number> => new Set(units.map((u) => u.target));
 
   const pending = new Map<DescriptorChain, Expectation | 'control' | 'event'>();
+  /** "target:lun:reason" of every LUN added (RESCAN) or removed (REMOVED) so far: what an event may report. */
+  const hotplugged = new Set<string>();
   const completedLen = new Map<number, number>();
   const violations: unknown[] = [];
   for (const index of rig.rings.keys()) {
@@ -410,6 +438,7 @@ async function runScsiCase(rng: Rng): Promise<void> {
           check(Number.isInteger(len) && len >= 0 && len <= chain.writableLength,
             () => `queue ${index}: used length ${len} for ${chain.writableLength} writable bytes`);
           stats.count(`${want}-completed`);
+          if (want === 'event') checkEvent(chain, len, hotplugged);
         } else {
           checkRequest(chain, len, want);
         }
@@ -470,6 +499,7 @@ async function runScsiCase(rng: Rng): Promise<void> {
         if (units.length > 0 && rng.chance(0.5)) {
           const u = rng.pick(units);
           units.splice(units.indexOf(u), 1);
+          hotplugged.add(`${u.target}:${u.lun}:${ResetReason.REMOVED}`);
           check((await device.removeUnit(u.target, u.lun)) === u.unit, 'removeUnit gave another unit');
           stats.count('hot-removed');
         } else {
@@ -477,6 +507,7 @@ async function runScsiCase(rng: Rng): Promise<void> {
           const lun = rng.int(8);
           if (!units.some((u) => u.target === target && u.lun === lun)) {
             const u = makeUnit(rng, target, lun, deferred);
+            hotplugged.add(`${target}:${lun}:${ResetReason.RESCAN}`);
             device.addUnit(target, lun, u.unit);
             units.push(u);
             stats.count('hot-added');
