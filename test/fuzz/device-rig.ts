@@ -117,15 +117,19 @@ export class DeviceRig {
   /**
    * Reap every ring's used entries: each must be a chain the driver posted, used with the length the device
    * completed it with (`completed`, keyed by index * 0x10000 + head). A ring that is not broken must have
-   * processed all that was posted, unless `mayHold(index)` (a device keeps an event queue's buffers). Returns how
-   * many rings are broken.
+   * processed all that was posted, unless `mayHold(index)` (a device keeps an event queue's buffers). Rings whose
+   * descriptors the driver corrupted are only drained. Returns how many rings are broken.
    */
   checkUsed(completed: ReadonlyMap<number, number>, mayHold: (index: number) => boolean = () => false): number {
     let brokenRings = 0;
     for (const [index, ring] of this.rings) {
       const broken = this.vring(index).error !== undefined;
       if (broken) brokenRings++;
-      for (const u of ring.reap()) {
+      const used = ring.reap();
+      // A buffer the driver pointed at its own used ring may have overwritten the entries: nothing to hold the
+      // device to there.
+      if (ring.corrupted) continue;
+      for (const u of used) {
         check(u.known, `queue ${index}: used id ${u.id} is not a chain the driver posted`);
         const len = completed.get(index * 0x10000 + u.id);
         check(len === u.len, `queue ${index}: used length ${u.len} for head ${u.id}, the device completed it with ${len}`);

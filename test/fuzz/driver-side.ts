@@ -80,6 +80,11 @@ export class DriverRing {
   availIdx = 0;
   /** Next used index to read. */
   usedIdx = 0;
+  /**
+   * The driver corrupted one of its own descriptors ({@link corruptDescriptor}): a buffer may now point anywhere
+   * in guest memory, this ring's used ring included, so what the used ring says is no longer the device's word.
+   */
+  corrupted = false;
   #free: number[];
   /** Descriptor indices of each chain in flight, by head. */
   readonly #inFlight = new Map<number, number[]>();
@@ -216,4 +221,5 @@ export function corruptDescriptor(rng: Rng, ring: DriverRing, head: number): voi
   else if (field === 1) d.len = rng.interesting32();
   else d.flags ^= F_WRITE << rng.int(2);
   ring.writeDescriptor(head, d);
+  ring.corrupted = true;
 }

@@ -107,8 +107,6 @@ interface Unit {
   readOnly: boolean;
   /** A command the reference does not model may have written: re-read the mirror at the end of the round. */
   dirty: boolean;
-  /** Modeled writes started and not yet completed (a read started meanwhile may see their bytes or not). */
-  writesInFlight: number;
 }
 
 /** What must happen to one request chain. */
@@ -120,7 +118,7 @@ interface Expectation {
   /** Or the response bytes it may be: a command that reached a target (OVERRUN when its buffers are too small). */
   responses?: readonly number[];
   /** A modeled READ/WRITE: GOOD with this transfer, or CHECK CONDITION without side effects (range, read-only...). */
-  rw?: { unit: Unit; write: boolean; pos: number; len: number; data?: Buffer; inRange: boolean; tainted: boolean };
+  rw?: { unit: Unit; write: boolean; pos: number; len: number; inRange: boolean; expected?: Buffer };
   overlapping: boolean;
   name: string;
 }
@@ -165,14 +163,18 @@ function expectRequest(chain: DescriptorChain, units: readonly Unit[], targets: 
   const capacity = unit.mirror.length / unit.blockSize;
   const inRange = lba + blocks <= capacity && !(write && unit.readOnly);
   const pos = lba * unit.blockSize;
-  const data = write && inRange ? Buffer.from(h.subarray(HEADER, HEADER + len)) : undefined;
-  const tainted = !write && unit.writesInFlight > 0;
-  if (write) unit.writesInFlight++;
-  return { responses: REACHED, rw: { unit, write, pos, len, inRange, tainted, ...(data ? { data } : {}) }, overlapping: ov,
+  // The unit starts a READ or WRITE as it takes it, and the bytes move when the storage operation starts (later
+  // completions only report): so the mirror changes, and a read's bytes are fixed, in the order the device takes
+  // the requests, whatever order they complete in (a FUA write waits for a flush). A write that is then refused
+  // or aborted leaves the mirror to be re-read.
+  let expected: Buffer | undefined;
+  if (write && inRange) h.copy(unit.mirror, pos, HEADER, HEADER + len);
+  else if (inRange) expected = Buffer.from(unit.mirror.subarray(pos, pos + len));
+  return { responses: REACHED, rw: { unit, write, pos, len, inRange, ...(expected ? { expected } : {}) }, overlapping: ov,
     name: `${write ? 'write' : 'read'}${inRange ? '' : '-refused'}` };
 }
 
-/** Check a completed request chain against its expectation; apply a modeled write to the mirror. */
+/** Check a completed request chain against its expectation. */
 function checkRequest(chain: DescriptorChain, len: number, want: Expectation): void {
   const wlen = chain.writableLength;
   check(Number.isInteger(len) && len >= 0 && len <= wlen, () => `request ${chain.head}: used length ${len} of ${wlen} writable bytes`);
@@ -187,10 +189,7 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
   const status = w[10]!;
   const response = w[11]!;
   if (want.overlapping) {
-    if (want.rw?.write) {
-      want.rw.unit.writesInFlight--;
-      want.rw.unit.dirty = true;
-    }
+    if (want.rw?.write) want.rw.unit.dirty = true;
     stats.count('overlapping');
     return;
   }
@@ -203,7 +202,6 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
   }
   stats.count(`${want.name}-r${response}-s${status}`);
   const rw = want.rw;
-  if (rw?.write) rw.unit.writesInFlight--;
   if (response !== ScsiResponse.OK) {
     // Ended by task management (or OVERRUN): a write may have reached the disk before it was aborted.
     if (rw?.write) rw.unit.dirty = true;
@@ -226,17 +224,14 @@ function checkRequest(chain: DescriptorChain, len: number, want: Expectation): v
       : [SenseKey.NOT_READY, SenseKey.UNIT_ATTENTION, SenseKey.ILLEGAL_REQUEST, SenseKey.DATA_PROTECT];
     check(allowed.includes(key), () => `request ${chain.head}: ${want.name} of ${rw.len} bytes at ${rw.pos} refused ` +
       `with sense key ${key}`);
+    if (rw.write && rw.inRange) rw.unit.dirty = true;
     return;
   }
   check(status === ScsiStatus.GOOD && rw.inRange, () => `request ${chain.head}: ${want.name} ended with status ${status}`);
   check(len === RESPONSE + (rw.write ? 0 : rw.len), () => `request ${chain.head}: ${want.name} used length ${len}`);
   check(w.readUInt32LE(4) === 0, () => `request ${chain.head}: residual ${w.readUInt32LE(4)} after a full transfer`);
-  if (rw.write) {
-    rw.data!.copy(rw.unit.mirror, rw.pos);
-  } else if (rw.tainted) {
-    stats.count('read-tainted');
-  } else {
-    check(w.subarray(RESPONSE, RESPONSE + rw.len).equals(rw.unit.mirror.subarray(rw.pos, rw.pos + rw.len)),
+  if (!rw.write) {
+    check(w.subarray(RESPONSE, RESPONSE + rw.len).equals(rw.expected!),
       () => `request ${chain.head}: read of ${rw.len} bytes at ${rw.pos} returned other data than the unit holds`);
   }
 }
@@ -377,7 +372,7 @@ function makeUnit(rng: Rng, target: number, lun: number, deferred: boolean): Uni
   storage.write([content], 0, (err) => check(err === null, 'prefill failed'));
   const unit = new LogicalUnit({ storage: deferred ? new DeferredStorage(storage) : storage, blockSize, readOnly,
     serial: `fz${target}x${lun}` });
-  return { target, lun, unit, storage, mirror: Buffer.from(content), blockSize, readOnly, dirty: false, writesInFlight: 0 };
+  return { target, lun, unit, storage, mirror: Buffer.from(content), blockSize, readOnly, dirty: false };
 }
 
 function resync(u: Unit): void {
