@@ -41,6 +41,12 @@ export class GuestMemory {
   readonly maxRegions: number;
   #regions: MemoryRegion[] = [];
   #lastGpa: MemoryRegion | undefined;
+  /**
+   * #lastGpa's guest-physical start and end and (mmap offset - start), as doubles: addresses pass the small
+   * integers at 2^30, and a region's own fields, which may hold either, cost a type check and a conversion each.
+   * Empty (start > end) when #lastGpa is undefined.
+   */
+  readonly #lastGpaBounds = Float64Array.of(1, 0, 0);
   #lastVa: MemoryRegion | undefined;
   #generation = 0;
 
@@ -127,7 +133,7 @@ export class GuestMemory {
   #install(regions: MemoryRegion[]): void {
     regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
     this.#regions = regions;
-    this.#lastGpa = undefined;
+    this.#rememberGpa(undefined);
     this.#lastVa = undefined;
     this.#generation++;
   }
@@ -139,21 +145,50 @@ export class GuestMemory {
    * Hot path: no allocation. Expects integers (anything else finds nothing or may be truncated).
    */
   gpaRegion(gpa: number, len: number): MemoryRegion | undefined {
-    const c = this.#lastGpa;
+    const b = this.#lastGpaBounds;
     // `end - gpa` is exact for in-range values, so `len` cannot overflow past the end.
-    if (c !== undefined && gpa >= c.guestPhysAddr && gpa < c.gpaEnd && len >= 0 && len <= c.gpaEnd - gpa) return c;
+    if (gpa >= b[0]! && gpa < b[1]! && len >= 0 && len <= b[1]! - gpa) return this.#lastGpa;
     const regions = this.#regions;
     for (let i = 0; i < regions.length; i++) {
       const r = regions[i]!;
       if (gpa >= r.guestPhysAddr && gpa < r.gpaEnd) {
         if (len >= 0 && len <= r.gpaEnd - gpa) {
-          this.#lastGpa = r;
+          this.#rememberGpa(r);
           return r;
         }
         return undefined;
       }
     }
     return undefined;
+  }
+
+  /**
+   * {@link gpaRegion} as an offset into the region's buffer: where `[gpa, gpa + len)` starts in
+   * {@link lastGpaRegion}'s mapping, or -1 when no one region holds it. The descriptor walk's form: no region
+   * fields read when the buffer is in the same region as the last one.
+   */
+  gpaOffset(gpa: number, len: number): number {
+    const b = this.#lastGpaBounds;
+    if (gpa >= b[0]! && gpa < b[1]! && len >= 0 && len <= b[1]! - gpa) return gpa + b[2]!;
+    return this.gpaRegion(gpa, len) === undefined ? -1 : gpa + b[2]!;
+  }
+
+  /** The region the last successful {@link gpaRegion} or {@link gpaOffset} found (undefined after a table change). */
+  get lastGpaRegion(): MemoryRegion | undefined {
+    return this.#lastGpa;
+  }
+
+  #rememberGpa(r: MemoryRegion | undefined): void {
+    this.#lastGpa = r;
+    const b = this.#lastGpaBounds;
+    if (r === undefined) {
+      b[0] = 1;
+      b[1] = 0;
+    } else {
+      b[0] = r.guestPhysAddr;
+      b[1] = r.gpaEnd;
+      b[2] = r.mmapOffset - r.guestPhysAddr;
+    }
   }
 
   /**

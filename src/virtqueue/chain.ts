@@ -205,13 +205,6 @@ export class ChainWalker {
   readonly #cache: ViewCache;
   /** Memory table generation the cache was filled under: a new table empties it (to let old regions go). */
   #cacheGeneration: number;
-  /**
-   * The region of the last buffer #walkDirect found: its guest-physical start and end and (buffer offset -
-   * address), as doubles (addresses pass the small integers at 2^30), so that the next buffer in the same region
-   * needs three loads instead of a region lookup. Empty (start > end) until then and after a new memory table.
-   */
-  readonly #last = Float64Array.of(1, 0, 0);
-  #lastRegion: MemoryRegion | undefined;
   /** Scratch list for a buffer that crosses regions (rare). */
   readonly #parts: Uint8Array[] = emptyViewList();
 
@@ -270,7 +263,6 @@ export class ChainWalker {
     const size = this.size;
     const limit = this.maxChainLength < size ? this.maxChainLength : size;
     const mem = this.mem;
-    const last = this.#last;
     let nr = 0;
     let nw = 0;
     let readLen = 0;
@@ -285,21 +277,9 @@ export class ChainWalker {
       const fn = tbl[w + 3]!;
       if ((fn & VIRTQ_DESC_F_INDIRECT) !== 0 || len === 0 || hi >= HI_LIMIT) return false;
       const addr = lo + hi * TWO_32;
-      let r: MemoryRegion;
-      let off: number;
-      if (addr >= last[0]! && addr < last[1]! && len <= last[1]! - addr) {
-        r = this.#lastRegion!;
-        off = addr + last[2]!;
-      } else {
-        const found = mem.gpaRegion(addr, len);
-        if (found === undefined) return false;
-        r = found;
-        off = r.mmapOffset + (addr - r.guestPhysAddr);
-        last[0] = r.guestPhysAddr;
-        last[1] = r.gpaEnd;
-        last[2] = r.mmapOffset - r.guestPhysAddr;
-        this.#lastRegion = r;
-      }
+      const off = mem.gpaOffset(addr, len);
+      if (off < 0) return false;
+      const r = mem.lastGpaRegion!;
       if ((fn & VIRTQ_DESC_F_WRITE) !== 0) {
         nw = this.#put(chain.writable, chain.writableRegions, chain.writableOffsets, chain.writableLengths, nw, r, off,
           len);
@@ -476,9 +456,6 @@ export class ChainWalker {
 
   #clearCache(): void {
     this.#cache.clear();
-    this.#last[0] = 1;
-    this.#last[1] = 0;
-    this.#lastRegion = undefined;
     this.#cacheGeneration = this.mem.generation;
   }
 
