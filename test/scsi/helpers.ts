@@ -155,7 +155,10 @@ export function pattern(len: number, seed: number): Uint8Array {
   return out;
 }
 
-/** A storage wrapper that records calls, can hold operations until released, and can fail them. */
+/**
+ * A storage wrapper that records calls, can hold operations until released, can fail them, and can report
+ * completions on a later turn of the event loop (the operation itself runs at once, as a file's would start).
+ */
 export class TestStorage implements BlockStorage {
   readonly inner: BlockStorage;
   readonly calls: string[] = [];
@@ -167,6 +170,8 @@ export class TestStorage implements BlockStorage {
   fail = new Map<string, Error>();
   /** Throw synchronously from this operation (a bug in a backend). */
   throwFrom: string | undefined;
+  /** Report every completion with setImmediate (in the order the operations ran). */
+  deferCompletions = false;
   readonly #held: (() => void)[] = [];
 
   constructor(inner: BlockStorage) {
@@ -192,8 +197,9 @@ export class TestStorage implements BlockStorage {
     if (this.throwFrom === name) throw new Error(`${name} threw`);
     const go = () => {
       const err = this.fail.get(name);
-      if (err) done(err);
-      else run(done);
+      const report: IoCallback = this.deferCompletions ? (e) => setImmediate(() => done(e)) : done;
+      if (err) report(err);
+      else run(report);
     };
     if (this.hold.has(name)) this.#held.push(go);
     else go();

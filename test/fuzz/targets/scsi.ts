@@ -20,12 +20,12 @@
  * stops a ring; warnings stay bounded.
  */
 import { MemoryStorage } from '../../../src/devices/blk/storage/memory.js';
-import type { BlockStorage, IoCallback } from '../../../src/devices/blk/storage/storage.js';
 import { ScsiDevice } from '../../../src/devices/scsi/device.js';
 import { ControlType, EventType, ResetReason, ScsiQueue, ScsiResponse, VirtioScsi, encodeLunField } from '../../../src/devices/scsi/protocol.js';
 import { ScsiBus } from '../../../src/scsi/bus.js';
 import { Opcode, ScsiStatus, SenseKey } from '../../../src/scsi/constants.js';
 import { LogicalUnit } from '../../../src/scsi/logical-unit.js';
+import { TestStorage } from '../../scsi/helpers.js';
 import type { DescriptorChain } from '../../../src/virtqueue/chain.js';
 import { CommonFeature, hasFeature } from '../../../src/virtio/constants.js';
 import { DeviceRig, viewsOverlap } from '../device-rig.js';
@@ -47,55 +47,6 @@ const WRITING = new Set<number>([Opcode.WRITE_6, Opcode.WRITE_10, Opcode.WRITE_1
 /** A command that reached a target: OVERRUN when its buffers are too small, ABORTED or RESET by task management. */
 const REACHED = [ScsiResponse.OK, ScsiResponse.OVERRUN, ScsiResponse.ABORTED, ScsiResponse.RESET];
 
-/**
- * A memory disk whose operations complete on a later turn of the event loop, in the order they were started (as
- * a file's would, roughly), so that task management finds commands in flight. The bytes move when the operation
- * starts.
- */
-class DeferredStorage implements BlockStorage {
-  readonly kind;
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly canUnmap: boolean;
-  readonly description = 'deferred memory disk';
-  readonly #inner: MemoryStorage;
-
-  constructor(inner: MemoryStorage) {
-    this.#inner = inner;
-    this.kind = inner.kind;
-    this.size = inner.size;
-    this.readOnly = inner.readOnly;
-    this.canUnmap = inner.canUnmap;
-  }
-
-  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
-    this.#inner.read(buffers, position, later(done));
-  }
-
-  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
-    this.#inner.write(buffers, position, later(done));
-  }
-
-  flush(done: IoCallback): void {
-    this.#inner.flush(later(done));
-  }
-
-  discard(position: number, length: number, done: IoCallback): void {
-    this.#inner.discard(position, length, later(done));
-  }
-
-  writeZeroes(position: number, length: number, unmap: boolean, done: IoCallback): void {
-    this.#inner.writeZeroes(position, length, unmap, later(done));
-  }
-
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-}
-
-function later(done: IoCallback): IoCallback {
-  return (err) => setImmediate(() => done(err));
-}
 
 interface Unit {
   target: number;
@@ -370,9 +321,16 @@ function makeUnit(rng: Rng, target: number, lun: number, deferred: boolean): Uni
   const storage = new MemoryStorage({ size });
   const content = rng.bytes(size);
   storage.write([content], 0, (err) => check(err === null, 'prefill failed'));
-  const unit = new LogicalUnit({ storage: deferred ? new DeferredStorage(storage) : storage, blockSize, readOnly,
-    serial: `fz${target}x${lun}` });
+  // Deferred: completions come on a later turn of the event loop, in the order the operations ran (the bytes
+  // move at once), so that task management and hotplug meet commands in flight.
+  const unit = new LogicalUnit({ storage: deferred ? deferring(storage) : storage, blockSize, readOnly, serial: `fz${target}x${lun}` });
   return { target, lun, unit, storage, mirror: Buffer.from(content), blockSize, readOnly, dirty: false };
+}
+
+function deferring(storage: MemoryStorage): TestStorage {
+  const t = new TestStorage(storage);
+  t.deferCompletions = true;
+  return t;
 }
 
 function resync(u: Unit): void {
