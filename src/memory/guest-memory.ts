@@ -148,6 +148,11 @@ export class GuestMemory {
     const b = this.#lastGpaBounds;
     // `end - gpa` is exact for in-range values, so `len` cannot overflow past the end.
     if (gpa >= b[0]! && gpa < b[1]! && len >= 0 && len <= b[1]! - gpa) return this.#lastGpa;
+    return this.#findGpa(gpa, len);
+  }
+
+  /** The region search behind {@link gpaRegion} (the last region missed): remembers what it finds. */
+  #findGpa(gpa: number, len: number): MemoryRegion | undefined {
     const regions = this.#regions;
     for (let i = 0; i < regions.length; i++) {
       const r = regions[i]!;
@@ -170,7 +175,7 @@ export class GuestMemory {
   gpaOffset(gpa: number, len: number): number {
     const b = this.#lastGpaBounds;
     if (gpa >= b[0]! && gpa < b[1]! && len >= 0 && len <= b[1]! - gpa) return gpa + b[2]!;
-    return this.gpaRegion(gpa, len) === undefined ? -1 : gpa + b[2]!;
+    return this.#findGpa(gpa, len) === undefined ? -1 : gpa + b[2]!;
   }
 
   /** The region the last successful {@link gpaRegion} or {@link gpaOffset} found (undefined after a table change). */

@@ -120,6 +120,30 @@ test('gpaRegion: edges of a region', () => {
   assert.equal(mem.gpaRegion(0x10000, 0x1001), undefined);
 });
 
+test('gpaOffset: the buffer offset and region, from a cold and a warm last-region cache, never stale', () => {
+  const { mem, a, b, c } = table();
+  // Each lookup twice: the second is answered from the cache the first filled.
+  for (const [gpa, len, region, off] of [
+    [0, 0x4000, a, A.mmapOffset], [0x3fff, 1, a, A.mmapOffset + 0x3fff], [0x4000, 1, b, 0], [0x5fff, 0, b, 0x1fff],
+    [0x10fff, 1, c, C.mmapOffset + 0xfff],
+  ] as const) {
+    for (let i = 0; i < 2; i++) {
+      assert.equal(mem.gpaOffset(gpa, len), off, `${gpa}+${len}`);
+      assert.equal(mem.lastGpaRegion, region);
+      assert.equal(mem.gpaRegion(gpa, len), region);
+    }
+  }
+  // With C cached: what lies partly or wholly outside it is found in no region, whatever the cache says.
+  for (const [gpa, len] of [[0x10fff, 2], [0x10000, 0x1001], [0x11000, 0], [0x10000, -1], [0x10000, Number.NaN],
+    [0x10000, 2 ** 53], [0x3fff, 2], [0x6000, 1]]) {
+    assert.equal(mem.gpaOffset(gpa!, len!), -1, `${gpa}+${len}`);
+  }
+  assert.equal(mem.gpaOffset(0x4000, 1), 0);
+  mem.remove({ guestPhysAddr: B.guestPhysAddr, size: B.size, userAddr: B.userAddr });
+  assert.equal(mem.lastGpaRegion, undefined);
+  assert.equal(mem.gpaOffset(0x4000, 1), -1, 'no stale cache hit');
+});
+
 test('gpaRegion: overflow and junk never match', () => {
   const { mem } = table();
   for (const [gpa, len] of [
