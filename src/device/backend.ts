@@ -102,15 +102,18 @@ export class DeviceBackend implements BackendHandler, VringOwner {
     this.vrings = Array.from({ length: device.numQueues }, (_, i) => new Vring(i, this, log));
     this.#remote = this.vrings.map((v) => options.workers !== undefined && (device.workerQueue?.(v.index) ?? true));
     if (options.workers) {
-      options.workers.onBroken = (index, message) => {
+      const workers = options.workers;
+      workers.onBroken = (index, message) => {
         const v = this.vrings[index];
-        if (v) {
-          this.broken(v, new Error(message));
-        } else {
-          this.#status |= DeviceStatus.NEEDS_RESET;
-          this.#log.error(`device needs reset: ${message}`);
-          this.configChanged();
-        }
+        if (v) this.broken(v, new Error(message));
+      };
+      workers.onWorkerDied = (worker, message) => {
+        // Its rings are gone with it: GET_VRING_BASE answers their start base, and the device needs a reset.
+        const lost = [...this.#remoteRunning].filter((index) => workers.workerOf(index) === worker);
+        for (const index of lost) this.#remoteRunning.delete(index);
+        this.#status |= DeviceStatus.NEEDS_RESET;
+        this.#log.error(`device needs reset: ${message}${lost.length > 0 ? ` (queues ${lost.join(', ')} lost)` : ''}`);
+        this.configChanged();
       };
     }
   }
@@ -547,6 +550,7 @@ export class DeviceBackend implements BackendHandler, VringOwner {
           this.#log.error(`queue workers did not reset: ${(err as Error).message}`);
         }
         this.#workers.onBroken = undefined;
+        this.#workers.onWorkerDied = undefined;
       }
       this.#backendChannel?.close();
       this.#backendChannel = undefined;

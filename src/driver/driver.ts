@@ -125,12 +125,16 @@ export class VirtioDriver {
 
   /**
    * Set up queues 0..count-1 with `size` entries each, start and enable them, and set DRIVER_OK when the
-   * backend speaks STATUS.
+   * backend speaks STATUS. Called again (after {@link stopQueues}), it sets up fresh rings; requests still waiting
+   * on the old ones are rejected.
    */
   async startQueues(count: number, size: number): Promise<void> {
     const f = this.frontend;
     const eventIdx = hasFeature(this.features, CommonFeature.EVENT_IDX);
     for (let i = 0; i < count; i++) {
+      // Started again (after stopQueues): the old ring's requests will not complete, and its fds go.
+      const old = this.#queues[i];
+      if (old) this.#dropQueue(old, new Error(`queue ${i} was set up again before the request completed`));
       const desc = this.ram.alloc(descTableBytes(size), 16);
       // The driver's rings always have room for the EVENT_IDX fields.
       const avail = this.ram.alloc(availRingBytes(size, true), 2);
@@ -240,13 +244,16 @@ export class VirtioDriver {
     if (this.#closed) return;
     this.#closed = true;
     const gone = new Error('vhost-user connection closed before the request completed');
-    for (const q of this.#queues) {
-      for (const w of q.waiters.values()) w.reject(gone);
-      q.waiters.clear();
-      q.watcher.close();
-      closeQuietly(q.kickFd);
-      closeQuietly(q.callFd);
-    }
+    for (const q of this.#queues) this.#dropQueue(q, gone);
     this.ram.close();
+  }
+
+  /** Fail a queue's waiting requests and close its watcher and eventfds. */
+  #dropQueue(q: QueueState, reason: Error): void {
+    for (const w of q.waiters.values()) w.reject(reason);
+    q.waiters.clear();
+    q.watcher.close();
+    closeQuietly(q.kickFd);
+    closeQuietly(q.callFd);
   }
 }

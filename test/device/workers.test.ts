@@ -141,6 +141,72 @@ test('a chain that throws on a worker breaks the ring: NEEDS_RESET', async () =>
   });
 });
 
+async function waitForStatus(driver: VirtioDriver, bit: number): Promise<number> {
+  let status = 0;
+  for (let i = 0; i < 250 && !(status & bit); i++) {
+    status = await driver.frontend.getStatus();
+    if (!(status & bit)) await sleep(20);
+  }
+  return status;
+}
+
+test('a queue worker that dies is restarted: its connection gets NEEDS_RESET, the next frontend is served with the last update', async () => {
+  const device = new WorkerEchoDevice(2);
+  await withServer(device, { workers: 2 }, async (socketPath, server) => {
+    device.broadcast!('#u');
+    const first = await VirtioDriver.connect({ socketPath });
+    let dead: number;
+    try {
+      await first.startQueues(2, 16);
+      const reply = await echo(first, 0, 'a');
+      assert.match(reply, /^A@\d+#u$/);
+      dead = servedBy(reply.slice(0, -2));
+      void echo(first, 0, 'crash').catch(() => undefined);
+      const status = await waitForStatus(first, DeviceStatus.NEEDS_RESET);
+      assert.ok(status & DeviceStatus.NEEDS_RESET, `status 0x${status.toString(16)}`);
+      await waitUntil(() => server.workers!.restarts === 1, 5000, 'worker 0 restarted');
+      // The other worker's queue goes on serving this connection.
+      assert.match(await echo(first, 1, 'b'), /^B@\d+#u$/);
+      // The driver restarts its rings without a new memory table: the new worker has the table already.
+      const bases = await first.stopQueues();
+      assert.equal(bases.length, 2, 'GET_VRING_BASE answered for the lost ring too');
+      await first.startQueues(2, 16);
+      const again = await echo(first, 0, 'e');
+      assert.match(again, /^E@\d+#u$/);
+      assert.notEqual(servedBy(again.slice(0, -2)), dead);
+    } finally {
+      first.close();
+    }
+    // Twice: the second death comes soon after the restart (the quick-death path, with a delay).
+    for (let round = 1; round <= 2; round++) {
+      const driver = await VirtioDriver.connect({ socketPath });
+      try {
+        await driver.startQueues(2, 16);
+        assert.equal(await driver.frontend.getStatus() & DeviceStatus.NEEDS_RESET, 0, 'a new frontend starts clean');
+        const reply = await echo(driver, 0, `c${round}`);
+        assert.match(reply, new RegExp(`^C${round}@\\d+#u$`), 'the restarted worker has the device update');
+        const thread = servedBy(reply.slice(0, -2));
+        assert.notEqual(thread, dead, 'served by a new worker thread');
+        assert.notEqual(thread, threadId);
+        dead = thread;
+        assert.match(await echo(driver, 1, 'd'), /^D@\d+#u$/);
+        if (round === 1) {
+          void echo(driver, 0, 'crash').catch(() => undefined);
+          await waitUntil(() => server.workers!.restarts === 2, 5000, 'worker 0 restarted twice');
+        }
+      } finally {
+        driver.close();
+      }
+    }
+    // A death with the server closing right after: the pending restart is dropped.
+    const last = await VirtioDriver.connect({ socketPath });
+    await last.startQueues(2, 16);
+    void echo(last, 0, 'crash').catch(() => undefined);
+    await waitForStatus(last, DeviceStatus.NEEDS_RESET);
+    last.close();
+  });
+});
+
 test('device updates reach every worker; disconnects return every fd and the workers serve the next frontend', async () => {
   const device = new WorkerEchoDevice(2);
   await withServer(device, { workers: 2 }, async (socketPath) => {

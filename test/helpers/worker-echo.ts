@@ -1,7 +1,8 @@
 /**
  * The echo device, served on queue workers: {@link WorkerEchoDevice} names this module as its worker module, and
  * a worker builds its queue handler with {@link createQueueHandler}. A chain whose text is "fail" throws (the
- * ring breaks); `delayMs` keeps chains in flight.
+ * ring breaks); one whose text is "crash" kills the worker thread (an uncaught exception outside any ring);
+ * `delayMs` keeps chains in flight.
  */
 import { threadId } from 'node:worker_threads';
 import type { QueueHandler, QueueWorkerSpec } from '../../src/device/device.js';
@@ -21,6 +22,12 @@ export function createQueueHandler(data: unknown): QueueHandler {
     handleChain(vring: Vring, chain: DescriptorChain): void {
       const input = Buffer.from(chain.readAll()).toString();
       if (input === 'fail') throw new Error('asked to fail');
+      if (input === 'crash') {
+        setImmediate(() => {
+          throw new Error('asked to crash');
+        });
+        return;
+      }
       const out = Buffer.from(`${input.toUpperCase()}@${threadId}${suffix}`);
       const finish = (): void => vring.complete(chain, chain.writeFrom(out));
       if (delayMs === undefined) finish();

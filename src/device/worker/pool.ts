@@ -3,6 +3,11 @@
  * goes to worker i mod N) with the device's queue handler, over the same guest memory mapping. The connection's
  * thread keeps the protocol; ring start, stop, enable, fds and memory-table changes reach the workers as ordered
  * messages, and stop waits for the worker's answer, so a ring is never processed after GET_VRING_BASE returned.
+ *
+ * A worker that dies (an uncaught exception or a crash in its thread) is started again, so that the next frontend
+ * is served: the connection it served gets NEEDS_RESET (the rings it ran are gone), and the new worker gets the
+ * device's last update and the current memory table. A worker that keeps dying soon after each start is restarted
+ * with a growing delay.
  */
 import { Worker } from 'node:worker_threads';
 import { getLogLevel, type Logger } from '../../util/log.js';
@@ -20,6 +25,12 @@ export interface WorkerPoolOptions {
 
 type Pending = { resolve: (value: unknown) => void; reject: (err: Error) => void };
 
+/** Restart delays of a worker that dies soon after it started: doubling from the first, up to the last. */
+const RESTART_DELAY_MS = 100;
+const MAX_RESTART_DELAY_MS = 10_000;
+/** A worker that ran this long before it died is restarted at once. */
+const STABLE_MS = 10_000;
+
 /** A requests-without-`seq` message (posted, not answered). */
 type Posted = Exclude<ToWorker, { seq: number }>;
 /** A request answered by the worker. */
@@ -29,6 +40,7 @@ type WithoutSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 class PoolWorker {
   readonly worker: Worker;
   readonly pending = new Map<number, Pending>();
+  readonly started = Date.now();
   dead: Error | undefined;
 
   constructor(worker: Worker) {
@@ -36,18 +48,35 @@ class PoolWorker {
   }
 }
 
+function spawn(init: WorkerInit): PoolWorker {
+  return new PoolWorker(new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: init }));
+}
+
 /** Worker threads serving a device's queues. */
 export class WorkerPool {
   readonly #workers: PoolWorker[];
+  readonly #inits: WorkerInit[];
   readonly #log: Logger;
   #seq = 0;
   #closed = false;
-  /** A worker's ring broke (index), or a worker died (index -1); set by the connection's backend. */
+  /** What a restarted worker is given before anything else: the device's last update, the current memory table. */
+  #update: { data: unknown } | undefined;
+  #memory: Extract<ToWorker, { t: 'memory' }>['regions'] | undefined;
+  /** Per worker: the restart delay its next quick death gets, and its pending restart. */
+  readonly #delays: number[];
+  readonly #timers: (NodeJS.Timeout | undefined)[];
+  #restarts = 0;
+  /** A worker's ring broke; set by the connection's backend. */
   onBroken: ((index: number, message: string) => void) | undefined;
+  /** A worker died, with the rings it ran (it is being restarted); set by the connection's backend. */
+  onWorkerDied: ((worker: number, message: string) => void) | undefined;
 
-  private constructor(workers: PoolWorker[], log: Logger) {
+  private constructor(workers: PoolWorker[], inits: WorkerInit[], log: Logger) {
     this.#workers = workers;
+    this.#inits = inits;
     this.#log = log;
+    this.#delays = workers.map(() => RESTART_DELAY_MS);
+    this.#timers = workers.map(() => undefined);
   }
 
   /** Start `options.workers` workers with the device's queue handler; resolves once every one is ready. */
@@ -56,13 +85,15 @@ export class WorkerPool {
     if (!Number.isInteger(n) || n < 1 || n > 64) throw new RangeError(`workers must be an integer in 1..64, got ${n}`);
     const log = options.logger;
     const workers: PoolWorker[] = [];
+    const inits: WorkerInit[] = [];
     const ready: Promise<void>[] = [];
     for (let i = 0; i < n; i++) {
       const init: WorkerInit = {
         worker: i, module: spec.module, data: spec.data, pollUs: options.pollUs, logLevel: getLogLevel(),
         name: `worker-${i}`,
       };
-      const w = new PoolWorker(new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: init }));
+      const w = spawn(init);
+      inits.push(init);
       workers.push(w);
       ready.push(new Promise<void>((resolve, reject) => {
         const onMessage = (m: FromWorker): void => {
@@ -78,7 +109,7 @@ export class WorkerPool {
         w.worker.once('exit', (code) => reject(new Error(`worker ${i} exited (${code}) before it was ready`)));
       }));
     }
-    const pool = new WorkerPool(workers, log);
+    const pool = new WorkerPool(workers, inits, log);
     try {
       await Promise.all(ready);
     } catch (err) {
@@ -92,6 +123,11 @@ export class WorkerPool {
   /** Number of workers. */
   get size(): number {
     return this.#workers.length;
+  }
+
+  /** Workers started again after they died. */
+  get restarts(): number {
+    return this.#restarts;
   }
 
   /** The worker serving queue `index`. */
@@ -109,9 +145,10 @@ export class WorkerPool {
     this.#post(this.#workers[this.workerOf(index)]!, message);
   }
 
-  /** Post to every worker. */
+  /** Post to every worker (a worker being restarted gets the device's last update when it starts). */
   broadcast(message: Posted): void {
-    for (const w of this.#workers) this.#post(w, message);
+    this.#remember(message);
+    for (const w of this.#workers) if (!this.#replayed(w, message)) this.#post(w, message);
   }
 
   /** Ask the worker of queue `index`; resolves with its answer. */
@@ -121,7 +158,8 @@ export class WorkerPool {
 
   /** Ask every worker; resolves with their answers, in worker order. */
   askAll(message: WithoutSeq<Asked>): Promise<unknown[]> {
-    return Promise.all(this.#workers.map((w) => this.#ask(w, message)));
+    this.#remember(message);
+    return Promise.all(this.#workers.map((w) => (this.#replayed(w, message) ? undefined : this.#ask(w, message))));
   }
 
   /** Each worker's queue-handler statistics (`QueueHandler.stats`), in worker order. */
@@ -133,12 +171,28 @@ export class WorkerPool {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    for (const t of this.#timers) clearTimeout(t);
     await Promise.all(this.#workers.map((w) => w.worker.terminate()));
   }
 
   #post(w: PoolWorker, message: ToWorker): void {
-    if (w.dead) throw new Error(`queue worker is gone: ${w.dead.message}`);
+    if (w.dead) throw new Error(`queue worker is gone (${w.dead.message}); it is being restarted`);
     w.worker.postMessage(message);
+  }
+
+  /**
+   * Keep what a restarted worker needs: the device's last update and the memory table the workers have now
+   * (forgotten on reset: its regions are unmapped after the connection goes).
+   */
+  #remember(message: WithoutSeq<ToWorker>): void {
+    if (message.t === 'update') this.#update = { data: message.data };
+    else if (message.t === 'memory') this.#memory = message.regions;
+    else if (message.t === 'reset') this.#memory = undefined;
+  }
+
+  /** A dead worker needs no update, memory table or reset: the worker that replaces it starts with the current ones. */
+  #replayed(w: PoolWorker, message: WithoutSeq<ToWorker>): boolean {
+    return w.dead !== undefined && (message.t === 'update' || message.t === 'memory' || message.t === 'reset');
   }
 
   #ask(w: PoolWorker, message: WithoutSeq<Asked>): Promise<unknown> {
@@ -168,12 +222,53 @@ export class WorkerPool {
     const die = (err: Error): void => {
       if (w.dead) return;
       w.dead = err;
-      if (!this.#closed) this.#log.error(`queue worker ${i} died: ${err.message}`);
       for (const p of w.pending.values()) p.reject(err);
       w.pending.clear();
-      if (!this.#closed) this.onBroken?.(-1, `queue worker ${i} died: ${err.message}`);
+      if (this.#closed) return;
+      // A worker that dies soon after its start is restarted later each time, so that a crash on start-up does
+      // not become a busy loop; one that ran a while is restarted at once.
+      const quick = Date.now() - w.started < STABLE_MS;
+      const delay = quick ? this.#delays[i]! : 0;
+      this.#delays[i] = quick ? Math.min(delay * 2, MAX_RESTART_DELAY_MS) : RESTART_DELAY_MS;
+      this.#log.error(`queue worker ${i} died: ${err.message}; restarting it${delay > 0 ? ` in ${delay} ms` : ''}`);
+      this.onWorkerDied?.(i, `queue worker ${i} died: ${err.message}`);
+      this.#timers[i] = setTimeout(() => this.#restart(i), delay);
+      this.#timers[i]!.unref();
     };
     w.worker.on('error', die);
     w.worker.on('exit', (code) => die(new Error(`exited with code ${code}`)));
+  }
+
+  /** Start worker `i` again; it gets the device's last update and the current memory table first. */
+  #restart(i: number): void {
+    this.#timers[i] = undefined;
+    if (this.#closed) return;
+    let w: PoolWorker;
+    try {
+      w = spawn(this.#inits[i]!);
+    } catch (err) {
+      const delay = this.#delays[i]!;
+      this.#delays[i] = Math.min(delay * 2, MAX_RESTART_DELAY_MS);
+      this.#log.error(`queue worker ${i} could not be started again: ${(err as Error).message}; next try in ${delay} ms`);
+      this.#timers[i] = setTimeout(() => this.#restart(i), delay);
+      this.#timers[i]!.unref();
+      return;
+    }
+    this.#workers[i] = w;
+    this.#restarts++;
+    // Posted before anything else reaches it: messages wait in the port until the worker listens.
+    if (this.#update) w.worker.postMessage({ t: 'update', data: this.#update.data } satisfies ToWorker);
+    if (this.#memory) w.worker.postMessage({ t: 'memory', seq: ++this.#seq, regions: this.#memory, quiesce: false } satisfies ToWorker);
+    const onMessage = (m: FromWorker): void => {
+      if (m.t === 'ready') {
+        w.worker.off('message', onMessage);
+        this.#log.info(`queue worker ${i} restarted`);
+      } else if (m.t === 'failed') {
+        w.worker.off('message', onMessage);
+        this.#log.error(`queue worker ${i} did not start again: ${m.message}`);
+      }
+    };
+    w.worker.on('message', onMessage);
+    this.#watch(w, i);
   }
 }
