@@ -172,15 +172,14 @@ inline bool ArgString(napi_env env, napi_value v, const char* name, std::string*
   return true;
 }
 
-// Any TypedArray or DataView: its bytes (data may be null when the length is 0).
-inline bool ArgBytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len) {
-  bool is = false;
-  napi_is_typedarray(env, v, &is);
-  if (is) {
-    napi_typedarray_type type;
-    size_t length;
-    void* ptr;
-    napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr);
+// The bytes of a TypedArray or DataView (data may be null when the length is 0); false, with nothing thrown,
+// for anything else. One Node-API call for the usual case, a typed array: napi_get_typedarray_info answers
+// napi_invalid_arg for other values without throwing.
+inline bool ViewBytes(napi_env env, napi_value v, uint8_t** data, size_t* len) {
+  napi_typedarray_type type;
+  size_t length;
+  void* ptr;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr) == napi_ok) {
     size_t elem = 1;
     switch (type) {
       case napi_int16_array: case napi_uint16_array: elem = 2; break;
@@ -192,13 +191,16 @@ inline bool ArgBytes(napi_env env, napi_value v, const char* name, uint8_t** dat
     *len = length * elem;
     return true;
   }
-  napi_is_dataview(env, v, &is);
-  if (is) {
-    void* ptr;
-    napi_get_dataview_info(env, v, len, &ptr, nullptr, nullptr);
-    *data = static_cast<uint8_t*>(ptr);
-    return true;
-  }
+  bool is = false;
+  if (napi_is_dataview(env, v, &is) != napi_ok || !is) return false;
+  napi_get_dataview_info(env, v, len, &ptr, nullptr, nullptr);
+  *data = static_cast<uint8_t*>(ptr);
+  return true;
+}
+
+// An argument that must be a TypedArray or DataView: its bytes, or a TypeError thrown.
+inline bool ArgBytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len) {
+  if (ViewBytes(env, v, data, len)) return true;
   ThrowType(env, std::string("The \"") + name + "\" argument must be a Uint8Array");
   return false;
 }

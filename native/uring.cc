@@ -471,31 +471,6 @@ void Commit(Ring* r, uint32_t slot) {
   if (r->inflight++ == 0) Hold(r, true);
 }
 
-// The bytes of a TypedArray or DataView; false (nothing thrown) for anything else. One Node-API call for
-// the usual case, a typed array.
-bool ViewBytes(napi_env env, napi_value v, uint8_t** data, size_t* len) {
-  napi_typedarray_type type;
-  size_t length;
-  void* ptr;
-  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr) == napi_ok) {
-    size_t elem = 1;
-    switch (type) {
-      case napi_int16_array: case napi_uint16_array: elem = 2; break;
-      case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
-      case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
-      default: elem = 1;
-    }
-    *data = static_cast<uint8_t*>(ptr);
-    *len = length * elem;
-    return true;
-  }
-  bool is = false;
-  if (napi_is_dataview(env, v, &is) != napi_ok || !is) return false;
-  napi_get_dataview_info(env, v, len, &ptr, nullptr, nullptr);
-  *data = static_cast<uint8_t*>(ptr);
-  return true;
-}
-
 // readv/writev(slot, fd, buffers, position, async?): buffers is one view or an array of views; with
 // `async` the SQE is IOSQE_ASYNC (straight to io-wq, where it may get a worker of its own).
 napi_value QueueRw(napi_env env, napi_callback_info info, uint8_t opcode, const char* syscall_name) {

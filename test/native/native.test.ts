@@ -330,3 +330,24 @@ test('memfdCreate sizes the file and fstat reports size and mode', () => {
     isSystemError(err, 'EINVAL') && err.syscall === 'memfd_create');
   assert.equal(openFdCount(), before);
 });
+
+test('byte arguments: any typed array or DataView by its bytes; anything else a TypeError naming the argument', () => {
+  const [a, b] = native.socketPair();
+  try {
+    // A Uint32Array of 2 elements is 8 bytes; a DataView over 3 bytes is 3.
+    assert.equal(native.sendMsg(a, Uint32Array.of(0x04030201, 0x08070605) as unknown as Uint8Array, []), 8);
+    assert.equal(native.sendMsg(a, new DataView(Uint8Array.of(9, 10, 11).buffer) as unknown as Uint8Array, []), 3);
+    const buf = new Uint8Array(16);
+    assert.equal(native.recvMsg(b, new DataView(buf.buffer, 0, 16) as unknown as Uint8Array, 0)?.bytes, 11);
+    assert.deepEqual([...buf.subarray(0, 11)], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    for (const bad of ['text', [1, 2], {}, null, 7]) {
+      assert.throws(() => native.sendMsg(a, bad as unknown as Uint8Array, []),
+        (err: unknown) => err instanceof TypeError && /"data" argument/.test(err.message));
+      assert.throws(() => native.recvMsg(b, bad as unknown as Uint8Array, 0),
+        (err: unknown) => err instanceof TypeError && /"buf" argument/.test(err.message));
+    }
+  } finally {
+    native.close(a);
+    native.close(b);
+  }
+});
