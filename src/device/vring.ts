@@ -25,6 +25,11 @@ export interface VringOwner {
   available(vring: Vring): void;
   /** The ring hit a malformed chain or could not be set up; the device needs a reset. */
   broken(vring: Vring, error: Error): void;
+  /**
+   * Close an fd the ring is done with (default: close it here). A queue worker hands its fds back to the thread
+   * that gave them, which closes them, and closes those a dead worker still had.
+   */
+  closeFd?(fd: number): void;
 }
 
 /**
@@ -98,6 +103,13 @@ export class Vring {
     return this.#error;
   }
 
+  #closeFd(fd: number): void {
+    if (fd < 0) return;
+    const owner = this.#owner;
+    if (owner.closeFd !== undefined) owner.closeFd(fd);
+    else closeQuietly(fd);
+  }
+
   /** Chains popped and not yet completed. */
   get inflightCount(): number {
     return this.#inflightCount;
@@ -105,13 +117,13 @@ export class Vring {
 
   /** Replace the call fd (ours to close). */
   setCallFd(fd: number | undefined): void {
-    closeQuietly(this.#callFd);
+    this.#closeFd(this.#callFd);
     this.#callFd = fd ?? -1;
   }
 
   /** Replace the error fd (ours to close). */
   setErrFd(fd: number | undefined): void {
-    closeQuietly(this.#errFd);
+    this.#closeFd(this.#errFd);
     this.#errFd = fd ?? -1;
   }
 
@@ -122,7 +134,7 @@ export class Vring {
    */
   start(kickFd: number, memory: GuestMemory, maxChainLength?: number): void {
     this.stopWatching();
-    closeQuietly(this.#kickFd);
+    this.#closeFd(this.#kickFd);
     this.#kickFd = kickFd;
     this.#error = undefined;
     this.#stopping = false;
@@ -198,7 +210,7 @@ export class Vring {
     this.#resubmit = [];
     this.#stopping = false;
     this.base = base;
-    closeQuietly(this.#kickFd);
+    this.#closeFd(this.#kickFd);
     this.#kickFd = -1;
     return base;
   }
@@ -214,7 +226,7 @@ export class Vring {
     this.stopWatching();
     this.#queue = undefined;
     this.#resubmit = [];
-    closeQuietly(this.#kickFd);
+    this.#closeFd(this.#kickFd);
     this.#kickFd = -1;
     this.setCallFd(undefined);
     this.setErrFd(undefined);

@@ -154,6 +154,13 @@ test('a queue worker that dies is restarted: its connection gets NEEDS_RESET, th
   const device = new WorkerEchoDevice(2);
   await withServer(device, { workers: 2 }, async (socketPath, server) => {
     device.broadcast!('#u');
+    // Warm up once so lazily opened fds (the addon, libuv) are in the baseline.
+    const warm = await VirtioDriver.connect({ socketPath });
+    await warm.startQueues(2, 16);
+    await echo(warm, 0, 'warm');
+    warm.close();
+    await sleep(200);
+    const baseline = openFdCount();
     const first = await VirtioDriver.connect({ socketPath });
     let dead: number;
     try {
@@ -198,6 +205,8 @@ test('a queue worker that dies is restarted: its connection gets NEEDS_RESET, th
         driver.close();
       }
     }
+    // The eventfds the dead workers held (kick, call, err of their rings) were closed with them.
+    await waitUntil(() => openFdCount() <= baseline, 5000, `fds back to ${baseline} after three worker deaths`);
     // A death with the server closing right after: the pending restart is dropped.
     const last = await VirtioDriver.connect({ socketPath });
     await last.startQueues(2, 16);

@@ -57,4 +57,6 @@ export type FromWorker =
   | WorkerReply
   | { t: 'ready' }
   | { t: 'failed'; message: string }
-  | { t: 'broken'; index: number; message: string };
+  | { t: 'broken'; index: number; message: string }
+  /** The worker is done with an fd it was given: the pool closes it (and closes those a dead worker kept). */
+  | { t: 'release'; fd: number };

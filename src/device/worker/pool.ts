@@ -7,9 +7,11 @@
  * A worker that dies (an uncaught exception or a crash in its thread) is started again, so that the next frontend
  * is served: the connection it served gets NEEDS_RESET (the rings it ran are gone), and the new worker gets the
  * device's last update and the current memory table. A worker that keeps dying soon after each start is restarted
- * with a growing delay.
+ * with a growing delay. Workers hand the fds they are done with back to the pool, which closes them: the fds a
+ * dead worker still had are closed here.
  */
 import { Worker } from 'node:worker_threads';
+import { closeQuietly } from '../../native/index.js';
 import { getLogLevel, type Logger } from '../../util/log.js';
 import type { QueueWorkerSpec } from '../device.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
@@ -40,6 +42,8 @@ type WithoutSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 class PoolWorker {
   readonly worker: Worker;
   readonly pending = new Map<number, Pending>();
+  /** The fds the worker was given and has not handed back: the pool closes them when the worker is gone. */
+  readonly fds = new Set<number>();
   readonly started = Date.now();
   dead: Error | undefined;
 
@@ -172,12 +176,21 @@ export class WorkerPool {
     if (this.#closed) return;
     this.#closed = true;
     for (const t of this.#timers) clearTimeout(t);
+    // Each worker's fds are closed on its exit.
     await Promise.all(this.#workers.map((w) => w.worker.terminate()));
   }
 
   #post(w: PoolWorker, message: ToWorker): void {
     if (w.dead) throw new Error(`queue worker is gone (${w.dead.message}); it is being restarted`);
     w.worker.postMessage(message);
+    if (message.t === 'start') w.fds.add(message.kickFd);
+    else if ((message.t === 'call' || message.t === 'err') && message.fd >= 0) w.fds.add(message.fd);
+  }
+
+  /** Close the fds a worker still had (it is gone: nothing else closes them). */
+  #closeFds(w: PoolWorker): void {
+    for (const fd of w.fds) closeQuietly(fd);
+    w.fds.clear();
   }
 
   /**
@@ -217,6 +230,8 @@ export class WorkerPool {
         else p.resolve(m.value);
       } else if (m.t === 'broken') {
         this.onBroken?.(m.index, m.message);
+      } else if (m.t === 'release') {
+        if (w.fds.delete(m.fd)) closeQuietly(m.fd);
       }
     });
     const die = (err: Error): void => {
@@ -236,7 +251,11 @@ export class WorkerPool {
       this.#timers[i]!.unref();
     };
     w.worker.on('error', die);
-    w.worker.on('exit', (code) => die(new Error(`exited with code ${code}`)));
+    w.worker.on('exit', (code) => {
+      die(new Error(`exited with code ${code}`));
+      // Only now: until its thread has ended, the worker's loop may still be watching them.
+      this.#closeFds(w);
+    });
   }
 
   /** Start worker `i` again; it gets the device's last update and the current memory table first. */

@@ -3,7 +3,6 @@
  * shared mapping of guest memory. Started by {@link WorkerPool}; not imported by anything else.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeQuietly } from '../../native/index.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { MemoryRegion } from '../../memory/region.js';
 import { InflightQueue } from '../../virtqueue/inflight.js';
@@ -42,7 +41,13 @@ const owner: VringOwner = {
     poller.remove(vring);
     post({ t: 'broken', index: vring.index, message: error.message });
   },
+  closeFd: release,
 };
+
+/** Hand an fd back to the pool, which closes it: if this thread dies, the pool closes what it still had. */
+function release(fd: number): void {
+  post({ t: 'release', fd });
+}
 
 function ring(index: number): Vring {
   let v = rings.get(index);
@@ -72,7 +77,7 @@ async function handle(m: ToWorker): Promise<unknown> {
       try {
         inflight = m.inflight ? new InflightQueue(m.inflight.buffer, m.inflight.offset, m.inflight.queueSize) : undefined;
       } catch (err) {
-        closeQuietly(m.kickFd);
+        release(m.kickFd);
         throw err;
       }
       const v = ring(m.index);
