@@ -33,6 +33,17 @@ async function echo(driver: VirtioDriver, q: number, text: string): Promise<stri
   return Buffer.from(driver.ram.bytes(out, len)).toString();
 }
 
+/** The open fd count once a frontend has come and gone (lazily opened fds, the addon's and libuv's, included). */
+async function fdBaseline(socketPath: string): Promise<number> {
+  const warm = await VirtioDriver.connect({ socketPath });
+  await warm.startQueues(2, 16);
+  await echo(warm, 0, 'warm');
+  await echo(warm, 1, 'warm');
+  warm.close();
+  await sleep(200);
+  return openFdCount();
+}
+
 /** "HELLO@7" -> 7 */
 function servedBy(reply: string): number {
   return Number(reply.slice(reply.lastIndexOf('@') + 1));
@@ -154,13 +165,7 @@ test('a queue worker that dies is restarted: its connection gets NEEDS_RESET, th
   const device = new WorkerEchoDevice(2);
   await withServer(device, { workers: 2 }, async (socketPath, server) => {
     device.broadcast!('#u');
-    // Warm up once so lazily opened fds (the addon, libuv) are in the baseline.
-    const warm = await VirtioDriver.connect({ socketPath });
-    await warm.startQueues(2, 16);
-    await echo(warm, 0, 'warm');
-    warm.close();
-    await sleep(200);
-    const baseline = openFdCount();
+    const baseline = await fdBaseline(socketPath);
     const first = await VirtioDriver.connect({ socketPath });
     let dead: number;
     try {
@@ -219,13 +224,7 @@ test('a queue worker that dies is restarted: its connection gets NEEDS_RESET, th
 test('device updates reach every worker; disconnects return every fd and the workers serve the next frontend', async () => {
   const device = new WorkerEchoDevice(2);
   await withServer(device, { workers: 2 }, async (socketPath) => {
-    // Warm up once so lazily opened fds (the addon, libuv) are in the baseline.
-    const warm = await VirtioDriver.connect({ socketPath });
-    await warm.startQueues(2, 16);
-    await echo(warm, 1, 'warm');
-    warm.close();
-    await sleep(200);
-    const baseline = openFdCount();
+    const baseline = await fdBaseline(socketPath);
     for (let round = 0; round < 5; round++) {
       device.broadcast!(`#${round}`);
       const driver = await VirtioDriver.connect({ socketPath });
