@@ -5,6 +5,7 @@
 import type { VirtioDevice } from '../../src/device/device.js';
 import type { Vring } from '../../src/device/vring.js';
 import type { DescriptorChain } from '../../src/virtqueue/chain.js';
+import { RequestRejected } from '../../src/protocol/backend.js';
 import { featureMask } from '../../src/virtio/constants.js';
 
 export class EchoDevice implements VirtioDevice {
@@ -26,8 +27,10 @@ export class EchoDevice implements VirtioDevice {
     return this.config;
   }
 
+  /** SET_CONFIG may name any offset up to 256: one past the config bytes is refused, as a device should. */
   writeConfig(offset: number, data: Uint8Array): void {
-    this.config.set(data.subarray(0, Math.max(0, this.config.length - offset)), offset);
+    if (offset >= this.config.length) throw new RequestRejected(`config offset ${offset} is past the ${this.config.length} bytes`);
+    this.config.set(data.subarray(0, this.config.length - offset), offset);
   }
 
   handleChain(vring: Vring, chain: DescriptorChain): void {

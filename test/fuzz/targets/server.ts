@@ -25,10 +25,10 @@ import { BlkDevice } from '../../../src/devices/blk/device.js';
 import { MemoryStorage } from '../../../src/devices/blk/storage/memory.js';
 import { encodeHeader } from '../../../src/devices/blk/request.js';
 import { FrontendRequest as R, ProtocolFeature } from '../../../src/protocol/constants.js';
-import { RequestRejected } from '../../../src/protocol/backend.js';
 import { CommonFeature, hasFeature } from '../../../src/virtio/constants.js';
 import { inflightQueueSize } from '../../../src/virtqueue/inflight.js';
 import { EchoDevice } from '../../helpers/echo-device.js';
+import { WorkerEchoDevice } from '../../helpers/worker-echo.js';
 import { tempDir, waitUntil } from '../../helpers/tmp.js';
 import {
   RawPeer, configPayload, inflightPayload, memTable, singleRegion, u64, vringAddr, vringState, type WireMessage,
@@ -45,6 +45,8 @@ const NEED_REPLY = 8;
 
 interface Served {
   kind: 'echo' | 'blk';
+  /** For messages: the kind, and "on a worker" when its queues run on a queue worker. */
+  label: string;
   device: VirtioDevice;
   server: DeviceServer;
   socketPath: string;
@@ -54,18 +56,6 @@ let dir = '';
 let cleanupDir: () => void = () => {};
 let served: Served[] = [];
 const log = new CapturingLogger('server', 'warn');
-
-/**
- * The test EchoDevice with its config write bounded: the helper's own writeConfig throws a RangeError for an
- * offset past its 8 config bytes (test/helpers/echo-device.ts; the framework passes any offset up to 256), which
- * this target would otherwise report on every such SET_CONFIG.
- */
-class BoundedEchoDevice extends EchoDevice {
-  override writeConfig(offset: number, data: Uint8Array): void {
-    if (offset >= this.config.length) throw new RequestRejected(`config offset ${offset} is past the ${this.config.length} bytes`);
-    super.writeConfig(offset, data);
-  }
-}
 
 /** Guest RAM shared with the daemon: a memfd we map too. */
 class Ram implements GuestBytes {
@@ -364,7 +354,7 @@ function guestWork(rng: Rng, kind: Served['kind'], ram: Ram, ring: DriverRing, k
 
 async function idle(s: Served): Promise<void> {
   await waitUntil(() => s.server.endpoint.active === undefined && s.server.backend === undefined, 10_000,
-    `the ${s.kind} server to be idle again`).catch((err: Error) => {
+    `the ${s.label} server to be idle again`).catch((err: Error) => {
     throw new PropertyViolation(err.message);
   });
 }
@@ -439,18 +429,22 @@ async function runServerCase(rng: Rng): Promise<void> {
 
 export const serverTarget: FuzzTarget = {
   name: 'server',
-  description: 'live DeviceServers (echo, blk) over real sockets with plausible, mutated sessions and guest work; ' +
+  description: 'live DeviceServers (echo, blk; each also on a queue worker) over real sockets with plausible, mutated sessions and guest work; ' +
     'ping answered or connection closed, typed close reasons, server idle again, no fd or mapping leaks',
   batch: 20,
   stats,
   setup() {
     ({ dir, cleanup: cleanupDir } = tempDir('vhost-fuzz-'));
-    const echo = new BoundedEchoDevice(2);
-    const blk = new BlkDevice({ storage: new MemoryStorage({ size: 1 << 20 }), numQueues: 2, logger: log });
-    served = ([['echo', echo], ['blk', blk]] as const).map(([kind, device]) => {
-      const socketPath = path.join(dir, `${kind}.sock`);
-      const server = new DeviceServer(device, { socketPath, logger: log }).listen();
-      return { kind, device, server, socketPath };
+    const blk = (): BlkDevice => new BlkDevice({ storage: new MemoryStorage({ size: 1 << 20 }), numQueues: 2, logger: log });
+    // Each device also with its queues on a queue worker: rings, fds and memory tables then travel by message.
+    const devices = [
+      ['echo', new EchoDevice(2), 0], ['blk', blk(), 0], ['echo', new WorkerEchoDevice(2), 1], ['blk', blk(), 1],
+    ] as const;
+    served = devices.map(([kind, device, workers]) => {
+      const label = workers > 0 ? `${kind} on a worker` : kind;
+      const socketPath = path.join(dir, `${kind}${workers > 0 ? '-w' : ''}.sock`);
+      const server = new DeviceServer(device, { socketPath, logger: log, workers }).listen();
+      return { kind, label, device, server, socketPath };
     });
   },
   async settle() {
