@@ -183,7 +183,7 @@ export class WorkerPool {
   #post(w: PoolWorker, message: ToWorker): void {
     if (w.dead) throw new Error(`queue worker is gone (${w.dead.message}); it is being restarted`);
     w.worker.postMessage(message);
-    if (message.t === 'start') w.fds.add(message.kickFd);
+    if (message.t === 'start' && message.kickFd >= 0) w.fds.add(message.kickFd);
     else if ((message.t === 'call' || message.t === 'err') && message.fd >= 0) w.fds.add(message.fd);
   }
 
@@ -247,8 +247,7 @@ export class WorkerPool {
       this.#delays[i] = quick ? Math.min(delay * 2, MAX_RESTART_DELAY_MS) : RESTART_DELAY_MS;
       this.#log.error(`queue worker ${i} died: ${err.message}; restarting it${delay > 0 ? ` in ${delay} ms` : ''}`);
       this.onWorkerDied?.(i, `queue worker ${i} died: ${err.message}`);
-      this.#timers[i] = setTimeout(() => this.#restart(i), delay);
-      this.#timers[i]!.unref();
+      this.#scheduleRestart(i, delay);
     };
     w.worker.on('error', die);
     w.worker.on('exit', (code) => {
@@ -256,6 +255,13 @@ export class WorkerPool {
       // Only now: until its thread has ended, the worker's loop may still be watching them.
       this.#closeFds(w);
     });
+  }
+
+  /** Unref'd: a pending restart does not keep the process alive (the daemon's socket does). */
+  #scheduleRestart(i: number, delay: number): void {
+    const timer = setTimeout(() => this.#restart(i), delay);
+    timer.unref();
+    this.#timers[i] = timer;
   }
 
   /** Start worker `i` again; it gets the device's last update and the current memory table first. */
@@ -269,8 +275,7 @@ export class WorkerPool {
       const delay = this.#delays[i]!;
       this.#delays[i] = Math.min(delay * 2, MAX_RESTART_DELAY_MS);
       this.#log.error(`queue worker ${i} could not be started again: ${(err as Error).message}; next try in ${delay} ms`);
-      this.#timers[i] = setTimeout(() => this.#restart(i), delay);
-      this.#timers[i]!.unref();
+      this.#scheduleRestart(i, delay);
       return;
     }
     this.#workers[i] = w;
