@@ -135,24 +135,25 @@ interface PendingEvent {
 }
 
 /**
- * One request in flight on a request queue: the SCSI task itself, with the transport's state. Pooled (a free
- * list), so a request allocates nothing.
+ * One request in flight on a request queue: the SCSI task itself, with the transport's state. Pooled, so a
+ * request allocates nothing.
  */
 class ScsiRequest extends ScsiTask {
   readonly device: ScsiDevice;
+  /** Where the device's pool keeps it. */
+  readonly poolIndex: number;
   vring: Vring | null = null;
   chain: DescriptorChain | null = null;
-  /** Next free request while in the device's free list. */
-  nextFree: ScsiRequest | null = null;
   /** Bytes of the response header (12 + sense_size at the time of the request). */
   responseSize = 0;
   /** The data buffers, as views: reused from request to request. */
   readonly dataOutViews: Uint8Array[] = emptyViewList();
   readonly dataInViews: Uint8Array[] = emptyViewList();
 
-  constructor(device: ScsiDevice) {
+  constructor(device: ScsiDevice, poolIndex: number) {
     super(requestDone);
     this.device = device;
+    this.poolIndex = poolIndex;
   }
 }
 
@@ -213,10 +214,16 @@ export class ScsiDevice implements VirtioDevice {
   readonly #requestVrings = new Set<Vring>();
   #pendingEvents: PendingEvent[] = [];
   #eventsMissed = false;
-  /** Free requests, linked through `nextFree`. */
-  #free: ScsiRequest | null = null;
-  /** The request being started by #request (for #internalError). */
-  #starting: ScsiRequest | null = null;
+  /**
+   * The request pool: every request made, and the indexes of the free ones as a stack. Indexes, not a linked
+   * list: the pooled requests are young objects (nothing else allocates, so no scavenge ever promotes them), and
+   * each store of one into the (old) device would take the write barrier's slow path, twice per request.
+   */
+  #requests: ScsiRequest[] = [];
+  #freeIndexes = new Int32Array(64);
+  #freeCount = 0;
+  /** The index of the request being started by #request (for #internalError), -1 when none. */
+  #starting = -1;
   /** Bytes of the request header before the data-out buffers (19 + cdb_size), and of the response (12 + sense_size). */
   #headerSize: number = VirtioScsi.REQUEST_HEADER_BASE + VirtioScsi.DEFAULT_CDB_SIZE;
   #responseSize: number = VirtioScsi.RESPONSE_HEADER_BASE + VirtioScsi.DEFAULT_SENSE_SIZE;
@@ -368,7 +375,8 @@ export class ScsiDevice implements VirtioDevice {
     this.#pendingEvents = [];
     this.#eventsMissed = false;
     // Pooled requests still hold views of the old guest memory.
-    this.#free = null;
+    this.#requests = [];
+    this.#freeCount = 0;
     // A new driver meets the units as after power-on.
     for (const { unit } of this.bus.units()) unit.powerOn();
   }
@@ -414,10 +422,10 @@ export class ScsiDevice implements VirtioDevice {
    */
   #internalError(vring: Vring, chain: DescriptorChain, err: Error): void {
     this.#log.error(`queue ${vring.index}: internal error on request ${chain.head}: ${err.stack ?? err}`);
-    const req = this.#starting;
-    this.#starting = null;
-    if (req !== null && req.chain !== chain) return;
-    if (req !== null) {
+    const req = this.#starting >= 0 ? this.#requests[this.#starting] : undefined;
+    this.#starting = -1;
+    if (req !== undefined && req.chain !== chain) return;
+    if (req !== undefined) {
       // Its task may still end later: finishRequest then finds no chain and leaves the request out of the pool.
       req.chain = null;
       req.vring = null;
@@ -482,10 +490,8 @@ export class ScsiDevice implements VirtioDevice {
 
   /** A pooled request for `chain`, which it holds from here on (see #internalError). */
   #take(vring: Vring, chain: DescriptorChain): ScsiRequest {
-    let req = this.#free;
-    if (req !== null) this.#free = req.nextFree;
-    else req = new ScsiRequest(this);
-    this.#starting = req;
+    const req = this.#freeCount > 0 ? this.#requests[this.#freeIndexes[--this.#freeCount]!]! : this.#newRequest();
+    this.#starting = req.poolIndex;
     req.vring = vring;
     req.chain = chain;
     req.prepare();
@@ -529,7 +535,7 @@ export class ScsiDevice implements VirtioDevice {
     }
     req.responseSize = responseSize;
     target.execute(lun, req);
-    this.#starting = null;
+    this.#starting = -1;
   }
 
   /**
@@ -603,10 +609,26 @@ export class ScsiDevice implements VirtioDevice {
     }
     const len = req.responseSize + req.dataInTransferred;
     // The views stay in the task (and the request's own arrays) until prepare() on its next use, or a device reset
-    // drops the pool.
-    req.nextFree = this.#free;
-    this.#free = req;
+    // drops the pool (a request of a dropped pool is not taken back).
+    const index = req.poolIndex;
+    if (this.#requests[index] === req) {
+      if (this.#freeCount === this.#freeIndexes.length) this.#growFree();
+      this.#freeIndexes[this.#freeCount++] = index;
+    }
     vring.complete(chain, len);
+  }
+
+  #newRequest(): ScsiRequest {
+    const req = new ScsiRequest(this, this.#requests.length);
+    this.#requests.push(req);
+    return req;
+  }
+
+  /** Room for every request made (the stack never holds more). */
+  #growFree(): void {
+    const grown = new Int32Array(this.#freeIndexes.length * 2);
+    grown.set(this.#freeIndexes);
+    this.#freeIndexes = grown;
   }
 
   /** The response byte by byte: with sense data, or into a first buffer that is unaligned or too small for it. */
