@@ -24,7 +24,6 @@ import {
 import { markdownTable, si, textTable } from '../common/table.js';
 import { TARGET, TARGET_PROTOCOL, settingsFor } from './target.js';
 
-
 const help = `usage: npm run bench:scsi -- [options]
 
 ${commonHelp('both daemons')}
@@ -69,8 +68,13 @@ async function main(): Promise<number> {
     }),
   });
 
+  // The target's case may run by its own protocol (bench/scsi/target.ts); every other case by the common settings.
+  const targetCase = s.cases.find((c) => c.name === TARGET.case);
+  const targetSettings = targetCase ? settingsFor(targetCase, s, v) : s;
   const runs: CaseRun[] = [];
-  for (const c of s.cases) runs.push(await runCase(c, pairs.flatMap((p) => [side('blk', p.blk, c), side('scsi', p.scsi, c)]), settingsFor(c, s, v)));
+  for (const c of s.cases) {
+    runs.push(await runCase(c, pairs.flatMap((p) => [side('blk', p.blk, c), side('scsi', p.scsi, c)]), c === targetCase ? targetSettings : s));
+  }
 
   const ratios = pairs.map((p) => [p.scsi.label, p.blk.label] as const);
   const layout: TableLayout = {
@@ -88,8 +92,6 @@ async function main(): Promise<number> {
     `EVENT_IDX ${example?.eventIdx ? 'on' : 'off'}; ${s.cpus} CPUs; ` +
     (image ? `file-* cases on a ${sizeText(s.size)} image in the page cache (${image.onTmpfs ? 'tmpfs' : 'read once'}), the others on null disks` : 'null disks') +
     `; ${settings}.`);
-  const targetCase = s.cases.find((c) => c.name === TARGET.case);
-  const targetSettings = targetCase ? settingsFor(targetCase, s, v) : s;
   if (targetSettings !== s) {
     out.push(`${TARGET.case}, the target's case: ${targetSettings.repeat} runs of ${targetSettings.seconds} s per daemon, each daemon started ` +
       `afresh every ${targetSettings.restartEvery} (the protocol the target is judged by; --repeat or --restart-every set your own).`);
