@@ -22,7 +22,11 @@ export interface RingHandler {
 
 /** May the ring be processed now? Disabled rings are processed only by handlers that take buffers themselves. */
 export function processable(handler: RingHandler, vring: Vring): boolean {
-  return vring.started && vring.error === undefined && (vring.enabled || handler.onAvailable !== undefined);
+  // Read whatever the ring's state. Read only while a ring is disabled, it had no type feedback when this was
+  // compiled (rings are disabled only at the start of a connection, and the first one's came before any feedback),
+  // and the next connection's disabled ring dropped the compiled code.
+  const takesBuffers = handler.onAvailable !== undefined;
+  return vring.started && vring.error === undefined && (vring.enabled || takesBuffers);
 }
 
 /** What {@link processRing} did. */

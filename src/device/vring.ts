@@ -86,6 +86,10 @@ export class Vring {
     this.index = index;
     this.#owner = owner;
     this.#log = log;
+    // Written with its other value once now: the compiler takes a field written only once for a constant, and the
+    // first stop (the end of the first connection) dropped the poll loop's and the ring's compiled code.
+    this.#stopping = true;
+    this.#stopping = false;
   }
 
   /** Started: kick fd set and the rings translated. */
@@ -207,7 +211,7 @@ export class Vring {
     const queue = this.#queue;
     const base = queue ? queue.lastAvailIdx : this.base;
     this.#queue = undefined;
-    this.#resubmit = [];
+    if (this.#resubmit.length !== 0) this.#resubmit = [];
     this.#stopping = false;
     this.base = base;
     this.#closeFd(this.#kickFd);
@@ -225,7 +229,7 @@ export class Vring {
   dispose(): void {
     this.stopWatching();
     this.#queue = undefined;
-    this.#resubmit = [];
+    if (this.#resubmit.length !== 0) this.#resubmit = [];
     this.#closeFd(this.#kickFd);
     this.#kickFd = -1;
     this.setCallFd(undefined);

@@ -190,12 +190,12 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   /** Where the unit is attached, for logs (`target:lun`), set by the target. */
   address = '-';
 
-  #writeCache: boolean;
+  #writeCache = true;
   #started = true;
   /** Running tasks: an intrusive list (no allocation or hashing per command), and its length. */
   #firstRunning: ScsiTask | null = null;
   #running = 0;
-  #unitAttentions: SenseCode[] = [];
+  readonly #unitAttentions: SenseCode[] = [];
   #drains: { pending: Set<ScsiTask>; resolve: () => void }[] = [];
   readonly #scratch = new Uint8Array(512);
   readonly #log: Logger;
@@ -247,7 +247,10 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if (this.maxUnmapDescriptors > 4095) throw new RangeError('maxUnmapDescriptors must be at most 4095');
     this.unmapGranularity = Math.max(1, 4096 / bs);
     this.defaultWriteCache = options.writeCache ?? true;
-    this.#writeCache = this.defaultWriteCache;
+    // Through powerOn(), which a transport calls again at each reset: a field the compiler has seen written only
+    // once is taken for a constant, and its next write (the first reconnection) drops every function compiled
+    // on that assumption, the whole command path. Written twice here, no field powerOn() writes is one.
+    this.powerOn();
   }
 
   /** WCE: writes complete before they are durable; SYNCHRONIZE CACHE makes them so. */
@@ -397,7 +400,11 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
 
   /** Drop pending unit attentions with this code. */
   clearUnitAttention(code: SenseCode): void {
-    this.#unitAttentions = this.#unitAttentions.filter((c) => c !== code);
+    // In place, as in powerOn().
+    const list = this.#unitAttentions;
+    let n = 0;
+    for (let i = 0; i < list.length; i++) if (list[i] !== code) list[n++] = list[i]!;
+    list.length = n;
   }
 
   /** The running task with this tag, if any. */
@@ -438,7 +445,8 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
   powerOn(): void {
     this.#writeCache = this.defaultWriteCache;
     this.#started = true;
-    this.#unitAttentions = [];
+    // Emptied in place: no new array for the fast path's checks to be compiled against again.
+    this.#unitAttentions.length = 0;
   }
 
   #waitFor(pending: Set<ScsiTask>): Promise<void> {

@@ -21,7 +21,7 @@ import type { DescriptorChain } from '../../virtqueue/chain.js';
 import { DeviceId, ScsiFeature, featureMask, hasFeature } from '../../virtio/constants.js';
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { ScsiBus, type BusChange } from '../../scsi/bus.js';
-import { emptyViewList, sliceViewsInto } from '../../util/views.js';
+import { sliceViewsInto } from '../../util/views.js';
 import { MAX_SENSE_SIZE, ScsiTask, TaskResponse } from '../../scsi/task.js';
 import { TmfResponse, type ScsiTarget, type TaskManagementFunction } from '../../scsi/target.js';
 import type { LogicalUnit } from '../../scsi/logical-unit.js';
@@ -146,9 +146,13 @@ class ScsiRequest extends ScsiTask {
   chain: DescriptorChain | null = null;
   /** Bytes of the response header (12 + sense_size at the time of the request). */
   responseSize = 0;
-  /** The data buffers, as views: reused from request to request. */
-  readonly dataOutViews: Uint8Array[] = emptyViewList();
-  readonly dataInViews: Uint8Array[] = emptyViewList();
+  /**
+   * The data buffers, as views: reused from request to request. Made with room for one (an empty view), so that
+   * a new request's first data buffer goes into the list in place, as every later one does: growing the list is
+   * not the store the compiled code expects, and after each reconnection (new requests) it dropped that code.
+   */
+  readonly dataOutViews: Uint8Array[] = [new Uint8Array(0)];
+  readonly dataInViews: Uint8Array[] = [new Uint8Array(0)];
 
   constructor(device: ScsiDevice, poolIndex: number) {
     super(requestDone);
@@ -259,6 +263,10 @@ export class ScsiDevice implements VirtioDevice {
       tmfs: 0, anQueries: 0, events: 0, eventsDropped: 0,
     };
     this.#unsubscribe = this.bus.subscribe((change) => this.#busChanged(change));
+    // Every field reset() writes is written a second time now: the compiler takes a field written only once
+    // for a constant, and the first reset (the first reconnection) would drop every function compiled on that
+    // assumption, the whole request path.
+    this.reset();
   }
 
   /** sense_size as the driver set it (96 after reset). */
