@@ -365,7 +365,13 @@ export class ScsiDevice implements VirtioDevice {
 
   ringStarted(vring: Vring): void {
     if (vring.index === ScsiQueue.EVENT) this.#eventVring = vring;
-    else if (vring.index >= ScsiQueue.FIRST_REQUEST) this.#requestVrings.add(vring);
+    else if (vring.index >= ScsiQueue.FIRST_REQUEST) {
+      this.#requestVrings.add(vring);
+      // A first request for the pool now rather than on the first command: with a disk that completes within the
+      // call that one serves every command, and making it is then a path the request path's compiled code has
+      // never seen (no type feedback), which dropped that code at each new connection.
+      if (this.#requests.length === 0) this.#newRequest();
+    }
   }
 
   ringStopping(vring: Vring): void {
@@ -498,7 +504,8 @@ export class ScsiDevice implements VirtioDevice {
 
   /** A pooled request for `chain`, which it holds from here on (see #internalError). */
   #take(vring: Vring, chain: DescriptorChain): ScsiRequest {
-    const req = this.#freeCount > 0 ? this.#requests[this.#freeIndexes[--this.#freeCount]!]! : this.#newRequest();
+    if (this.#freeCount === 0) this.#newRequest();
+    const req = this.#requests[this.#freeIndexes[--this.#freeCount]!]!;
     this.#starting = req.poolIndex;
     req.vring = vring;
     req.chain = chain;
@@ -626,10 +633,12 @@ export class ScsiDevice implements VirtioDevice {
     vring.complete(chain, len);
   }
 
-  #newRequest(): ScsiRequest {
-    const req = new ScsiRequest(this, this.#requests.length);
-    this.#requests.push(req);
-    return req;
+  /** One more request in the pool, free. */
+  #newRequest(): void {
+    const index = this.#requests.length;
+    this.#requests.push(new ScsiRequest(this, index));
+    if (this.#freeCount === this.#freeIndexes.length) this.#growFree();
+    this.#freeIndexes[this.#freeCount++] = index;
   }
 
   /** Room for every request made (the stack never holds more). */
