@@ -374,7 +374,6 @@ export class BlkDevice implements VirtioDevice {
     this.#broadcast?.(this.#workerState());
   }
 
-
   reset(): void {
     this.#negotiated = 0n;
     this.#writeback = this.#defaultWriteback;
