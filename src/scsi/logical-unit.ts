@@ -17,7 +17,7 @@ import { ModePage, Opcode, ScsiStatus, Sense, ServiceActionIn16, cdbLength, type
 import { standardInquiry, vpdPage, type InquiryProfile } from './inquiry.js';
 import { MODE_PAGES, PageControl, modePage, parseModeSelect, type ModeProfile } from './mode.js';
 import { describeSense, encodeFixedSense, type FieldPointer } from './sense.js';
-import { MAX_CDB_SIZE, TaskResponse, type ScsiTask, type TaskStep } from './task.js';
+import { MAX_CDB_SIZE, TaskResponse, taskIoDone, type ScsiTask, type TaskStep } from './task.js';
 
 /** Options for {@link LogicalUnit}. */
 export interface LogicalUnitOptions {
@@ -367,14 +367,14 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
       task.flags = (flags & 0x08) !== 0 || this.#writeCache === false ? F_SYNC : 0;
       task.step = Unit.#afterWrite;
       const views = bytes === task.dataOutLength ? task.dataOut : sliceViewsInto(task.ioViews, task.dataOut, 0, bytes);
-      this.storage.write(views, lba * this.blockSize, task.ioCallback);
+      this.storage.write(views, lba * this.blockSize, taskIoDone, task);
     } else {
       stats.reads++;
       stats.bytesRead += bytes;
       task.dataInTransferred = bytes;
       task.step = Unit.#afterRead;
       const views = bytes === task.dataInLength ? task.dataIn : sliceViewsInto(task.ioViews, task.dataIn, 0, bytes);
-      this.storage.read(views, lba * this.blockSize, task.ioCallback);
+      this.storage.read(views, lba * this.blockSize, taskIoDone, task);
     }
   }
 
@@ -636,7 +636,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if ((task.flags & F_SYNC) !== 0) {
       task.step = LogicalUnit.#afterSync;
       unit.stats.flushes++;
-      unit.storage.flush(task.ioCallback);
+      unit.storage.flush(taskIoDone, task);
       return;
     }
     unit.#good(task);
@@ -782,7 +782,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
       // Write-through from now on: what the cache held must be durable too.
       task.step = LogicalUnit.#afterSync;
       this.stats.flushes++;
-      this.storage.flush(task.ioCallback);
+      this.storage.flush(taskIoDone, task);
       return;
     }
     this.#good(task);
@@ -802,7 +802,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if ((b4 & 0x04) !== 0) return this.#good(task); // NO_FLUSH
     task.step = LogicalUnit.#afterSync;
     this.stats.flushes++;
-    this.storage.flush(task.ioCallback);
+    this.storage.flush(taskIoDone, task);
   }
 
   #synchronizeCache(task: ScsiTask, lba: number, blocks: number): void {
@@ -810,7 +810,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if (!this.#inRange(task, lba, blocks === 0 ? 1 : blocks)) return;
     this.stats.flushes++;
     task.step = LogicalUnit.#afterSync;
-    this.storage.flush(task.ioCallback);
+    this.storage.flush(taskIoDone, task);
   }
 
   // ---- VERIFY ----
@@ -833,7 +833,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     task.flags = byteCheck;
     task.buffer = new Uint8Array(bytes);
     task.step = LogicalUnit.#afterVerifyRead;
-    this.storage.read([task.buffer], lba * this.blockSize, task.ioCallback);
+    this.storage.read([task.buffer], lba * this.blockSize, taskIoDone, task);
   }
 
   static readonly #afterVerifyRead: TaskStep = (unit, task, err) => {
@@ -882,7 +882,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if (pattern === null || isZero(pattern)) {
       const unmap = (flags & 0x08) !== 0 && this.unmapSupported;
       task.step = LogicalUnit.#afterWrite;
-      this.storage.writeZeroes(position, length, unmap, task.ioCallback);
+      this.storage.writeZeroes(position, length, unmap, taskIoDone, task);
       return;
     }
     // A pattern: written from a buffer holding it repeated, a chunk at a time.
@@ -903,7 +903,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     task.position += n;
     task.remaining -= n;
     task.step = LogicalUnit.#writePatternChunk;
-    unit.storage.write([n === chunk.byteLength ? chunk : chunk.subarray(0, n)], at, task.ioCallback);
+    unit.storage.write([n === chunk.byteLength ? chunk : chunk.subarray(0, n)], at, taskIoDone, task);
   };
 
   #unmap(task: ScsiTask): void {
@@ -947,7 +947,7 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
       const blocks = be32(params, at + 8);
       if (blocks === 0) continue;
       task.step = LogicalUnit.#unmapNext;
-      unit.storage.discard(be64(params, at) * unit.blockSize, blocks * unit.blockSize, task.ioCallback);
+      unit.storage.discard(be64(params, at) * unit.blockSize, blocks * unit.blockSize, taskIoDone, task);
       return;
     }
     LogicalUnit.#afterWrite(unit, task, null);

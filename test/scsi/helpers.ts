@@ -192,12 +192,13 @@ export class TestStorage implements BlockStorage {
     for (const go of this.#held.splice(0)) go();
   }
 
-  #op(name: string, call: string, run: (done: IoCallback) => void, done: IoCallback): void {
+  /** `run` is the inner operation; its completion, or the failure, goes to `done` with `context`. */
+  #op<C>(name: string, call: string, run: (done: IoCallback) => void, done: IoCallback<C>, context: C): void {
     this.calls.push(call);
     if (this.throwFrom === name) throw new Error(`${name} threw`);
     const go = () => {
       const err = this.fail.get(name);
-      const report: IoCallback = this.deferCompletions ? (e) => setImmediate(() => done(e)) : done;
+      const report: IoCallback = this.deferCompletions ? (e) => setImmediate(() => done(e, context)) : (e) => done(e, context);
       if (err) report(err);
       else run(report);
     };
@@ -205,27 +206,29 @@ export class TestStorage implements BlockStorage {
     else go();
   }
 
-  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     this.lastBuffers = buffers;
-    this.#op('read', `read ${position}+${buffers.reduce((n, b) => n + b.byteLength, 0)}`, (d) => this.inner.read(buffers, position, d), done);
+    this.#op('read', `read ${position}+${buffers.reduce((n, b) => n + b.byteLength, 0)}`,
+      (d) => this.inner.read(buffers, position, d), done, context as C);
   }
 
-  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     this.lastBuffers = buffers;
-    this.#op('write', `write ${position}+${buffers.reduce((n, b) => n + b.byteLength, 0)}`, (d) => this.inner.write(buffers, position, d), done);
+    this.#op('write', `write ${position}+${buffers.reduce((n, b) => n + b.byteLength, 0)}`,
+      (d) => this.inner.write(buffers, position, d), done, context as C);
   }
 
-  flush(done: IoCallback): void {
-    this.#op('flush', 'flush', (d) => this.inner.flush(d), done);
+  flush<C>(done: IoCallback<C>, context?: C): void {
+    this.#op('flush', 'flush', (d) => this.inner.flush(d), done, context as C);
   }
 
-  discard(position: number, length: number, done: IoCallback): void {
-    this.#op('discard', `discard ${position}+${length}`, (d) => this.inner.discard(position, length, d), done);
+  discard<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
+    this.#op('discard', `discard ${position}+${length}`, (d) => this.inner.discard(position, length, d), done, context as C);
   }
 
-  writeZeroes(position: number, length: number, unmap: boolean, done: IoCallback): void {
+  writeZeroes<C>(position: number, length: number, unmap: boolean, done: IoCallback<C>, context?: C): void {
     this.#op('writeZeroes', `write-zeroes ${position}+${length}${unmap ? ' unmap' : ''}`,
-      (d) => this.inner.writeZeroes(position, length, unmap, d), done);
+      (d) => this.inner.writeZeroes(position, length, unmap, d), done, context as C);
   }
 
   close(): Promise<void> {

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
 import { NullStorage } from '../../src/devices/blk/storage/null.js';
+import type { IoCallback } from '../../src/devices/blk/storage/storage.js';
 import { Sense, ScsiStatus, SenseKey } from '../../src/scsi/constants.js';
 import { LogicalUnit } from '../../src/scsi/logical-unit.js';
 import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
@@ -339,9 +340,9 @@ test('a storage that calls back twice: the task still completes once', async () 
   const inner = new MemoryStorage({ size: MiB });
   const storage = new TestStorage(inner);
   const twice = Object.create(storage) as TestStorage;
-  twice.read = (buffers, position, done) => {
-    inner.read(buffers, position, done);
-    inner.read(buffers, position, done);
+  twice.read = <C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C) => {
+    inner.read(buffers, position, done, context);
+    inner.read(buffers, position, done, context);
   };
   const unit = new LogicalUnit({ storage: twice });
   const r = await run((t) => unit.execute(t), Cdb.read10(0, 2), { in: 1024 });

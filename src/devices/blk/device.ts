@@ -124,8 +124,12 @@ class BlkRequest {
   segmentCount = 0;
   nextSegment = 0;
   readonly #segment: BlkSegment = { sector: 0, numSectors: 0, flags: 0 };
-  /** Bound once: the storage calls this. */
-  readonly callback: IoCallback = (err) => this.#onIo(err);
+  /**
+   * The completion of every storage operation, the request being its context: one function for all requests, so
+   * that the storage's call of it stays specialized across connections (a closure per request was a new call
+   * target for each connection's new requests, and V8 dropped the code that had inlined the previous one).
+   */
+  static readonly ioDone: IoCallback<BlkRequest> = (err, req) => req.#onIo(err);
 
   constructor(device: BlkDevice, storage: BlockStorage) {
     this.#device = device;
@@ -139,8 +143,8 @@ class BlkRequest {
       const pos = s.sector * Blk.SECTOR_SIZE;
       const len = s.numSectors * Blk.SECTOR_SIZE;
       this.phase = Phase.SEGMENT;
-      if (this.type === BlkRequestType.DISCARD) this.#storage.discard(pos, len, this.callback);
-      else this.#storage.writeZeroes(pos, len, (s.flags & Blk.SEGMENT_F_UNMAP) !== 0, this.callback);
+      if (this.type === BlkRequestType.DISCARD) this.#storage.discard(pos, len, BlkRequest.ioDone, this);
+      else this.#storage.writeZeroes(pos, len, (s.flags & Blk.SEGMENT_F_UNMAP) !== 0, BlkRequest.ioDone, this);
       return;
     }
     this.afterWrite();
@@ -150,7 +154,7 @@ class BlkRequest {
   afterWrite(): void {
     if (this.sync) {
       this.phase = Phase.SYNC;
-      this.#storage.flush(this.callback);
+      this.#storage.flush(BlkRequest.ioDone, this);
     } else {
       this.finish(BlkStatus.OK);
     }
@@ -428,7 +432,7 @@ export class BlkDevice implements VirtioDevice {
         } else {
           sliceViewsInto(data, w, 0, len);
         }
-        this.storage.read(data, h.sector * Blk.SECTOR_SIZE, req.callback);
+        this.storage.read(data, h.sector * Blk.SECTOR_SIZE, BlkRequest.ioDone, req);
         return;
       }
       case BlkRequestType.OUT: {
@@ -441,14 +445,14 @@ export class BlkDevice implements VirtioDevice {
         req.sync = this.writeThrough;
         if (len === 0) return req.afterWrite();
         this.storage.write(sliceViewsInto(req.data, chain.readable, Blk.HEADER_SIZE, rlen), h.sector * Blk.SECTOR_SIZE,
-          req.callback);
+          BlkRequest.ioDone, req);
         return;
       }
       case BlkRequestType.FLUSH:
         if (rlen !== Blk.HEADER_SIZE || wlen !== 1) return this.#reject(req, 'layout', `flush ${chain.head} carries data`);
         stats.flushes++;
         req.phase = Phase.SYNC;
-        this.storage.flush(req.callback);
+        this.storage.flush(BlkRequest.ioDone, req);
         return;
       case BlkRequestType.GET_ID: {
         if (rlen !== Blk.HEADER_SIZE) return this.#reject(req, 'layout', `get-id ${chain.head} has readable data`);

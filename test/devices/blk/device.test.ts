@@ -6,7 +6,7 @@ import path from 'node:path';
 import v8 from 'node:v8';
 import { BlkDevice } from '../../../src/devices/blk/device.js';
 import { Blk, BlkRequestType, BlkStatus, encodeHeader } from '../../../src/devices/blk/request.js';
-import { FileStorage, MemoryStorage, NullStorage, type BlockStorage } from '../../../src/devices/blk/storage/index.js';
+import { FileStorage, MemoryStorage, NullStorage, type BlockStorage, type IoCallback } from '../../../src/devices/blk/storage/index.js';
 import { ProtocolFeature } from '../../../src/protocol/constants.js';
 import { BlkFeature, CommonFeature, featureMask, hasFeature } from '../../../src/virtio/constants.js';
 import { native } from '../../../src/native/index.js';
@@ -503,18 +503,18 @@ class CapturingStorage extends NullStorage {
   readonly views = new Set<Uint8Array>();
   calls = 0;
 
-  override read(buffers: readonly Uint8Array[], position: number, done: (err: Error | null) => void): void {
+  override read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     this.calls++;
     this.lists.add(buffers);
     for (const v of buffers) this.views.add(v);
-    super.read(buffers, position, done);
+    super.read(buffers, position, done, context);
   }
 
-  override write(buffers: readonly Uint8Array[], position: number, done: (err: Error | null) => void): void {
+  override write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     this.calls++;
     this.lists.add(buffers);
     for (const v of buffers) this.views.add(v);
-    super.write(buffers, position, done);
+    super.write(buffers, position, done, context);
   }
 }
 

@@ -212,34 +212,34 @@ export class SpyStorage implements BlockStorage {
     for (const go of held) go();
   }
 
-  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     this.calls.push(`read ${position}`);
-    this.inner.read(buffers, position, done);
+    this.inner.read(buffers, position, done, context);
   }
 
-  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     this.calls.push(`write ${position}`);
-    this.inner.write(buffers, position, done);
+    this.inner.write(buffers, position, done, context);
   }
 
-  flush(done: IoCallback): void {
+  flush<C>(done: IoCallback<C>, context?: C): void {
     this.calls.push('flush');
     const go = () => this.inner.flush((err) => {
       this.calls.push('flushed');
-      done(err);
+      done(err, context as C);
     });
     if (this.holdFlushes) this.#held.push(go);
     else go();
   }
 
-  discard(position: number, length: number, done: IoCallback): void {
+  discard<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
     this.calls.push(`discard ${position}+${length}`);
-    this.inner.discard(position, length, done);
+    this.inner.discard(position, length, done, context);
   }
 
-  writeZeroes(position: number, length: number, unmap: boolean, done: IoCallback): void {
+  writeZeroes<C>(position: number, length: number, unmap: boolean, done: IoCallback<C>, context?: C): void {
     this.calls.push(`write-zeroes ${position}+${length}${unmap ? ' unmap' : ''}`);
-    this.inner.writeZeroes(position, length, unmap, done);
+    this.inner.writeZeroes(position, length, unmap, done, context);
   }
 
   close(): Promise<void> {

@@ -4,9 +4,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   FallocateMode, FileStorage, MemoryStorage, NullStorage, StorageError, openStorage, skipBytes, type BlockStorage,
-  type FallocateFn,
+  type FallocateFn, type FileAio, type IoCallback,
 } from '../../../src/devices/blk/storage/index.js';
 import { tempDir } from '../../helpers/tmp.js';
+import { needUring } from '../../helpers/uring.js';
 import { pattern } from './helpers.js';
 
 /** Promise form of a storage call. */
@@ -262,6 +263,48 @@ test('file storage: the write-zeros fallback handles ranges larger than one pwri
     await run((d) => s.writeZeroes(0, size, false, d));
     for (const m of marks) assert.deepEqual(await readBack(s, m, 512), new Uint8Array(512));
     await s.close();
+  } finally {
+    cleanup();
+  }
+});
+
+/** Call `op` with a fresh context; resolves with the error once `done` got that same context back. */
+function withContext(op: (done: IoCallback<object>, context: object) => void): Promise<Error | null> {
+  const context = {};
+  return new Promise((resolve, reject) => op((err, got) => {
+    if (got === context) resolve(err);
+    else reject(new Error(`the callback got ${String(got)}, not the operation's context`));
+  }, context));
+}
+
+test('every backend passes each operation\'s context to its callback, on success and on refusal', async (t) => {
+  const { dir, cleanup } = tempDir();
+  const engines: FileAio[] = needUring(t) ? ['threads', 'io_uring'] : ['threads'];
+  const backends: [string, BlockStorage][] = [
+    ['null', new NullStorage({ size: 1 << 20 })],
+    ['memory', new MemoryStorage({ size: 1 << 20 })],
+    ...engines.map((aio): [string, BlockStorage] => [`file (${aio})`, FileStorage.open(path.join(dir, `${aio}.img`), { size: 1 << 20, aio })]),
+    // A file on a filesystem without fallocate: write-zeroes goes through the zero-writing fallback.
+    ['file (no fallocate)', FileStorage.open(path.join(dir, 'plain.img'), { size: 1 << 20, fallocate: null, aio: 'threads' })],
+  ];
+  try {
+    for (const [name, s] of backends) {
+      const buf = new Uint8Array(4096).fill(3);
+      assert.equal(await withContext((d, c) => s.write([buf], 8192, d, c)), null, name);
+      assert.equal(await withContext((d, c) => s.read([buf], 8192, d, c)), null, name);
+      assert.equal(await withContext((d, c) => s.flush(d, c)), null, name);
+      assert.equal(await withContext((d, c) => s.discard(8192, 4096, d, c)), null, name);
+      assert.equal(await withContext((d, c) => s.writeZeroes(0, 65536, false, d, c)), null, name);
+      // Refused before any I/O: the context comes back with the error.
+      const range = await withContext((d, c) => s.read([buf], (1 << 20) - 1, d, c));
+      assert.equal((range as StorageError).code, 'ERANGE', name);
+      assert.equal(((await withContext((d, c) => s.write([buf], -1, d, c))) as StorageError).code, 'ERANGE', name);
+      await s.close();
+      assert.equal(((await withContext((d, c) => s.read([buf], 0, d, c))) as StorageError).code, 'EBADF', name);
+      assert.equal(((await withContext((d, c) => s.flush(d, c))) as StorageError).code, 'EBADF', name);
+    }
+    const ro = new MemoryStorage({ size: 4096, readOnly: true });
+    assert.equal(((await withContext((d, c) => ro.writeZeroes(0, 512, true, d, c))) as StorageError).code, 'EROFS');
   } finally {
     cleanup();
   }

@@ -103,29 +103,29 @@ function blockDeviceSize(fd: number, path: string): number {
 }
 
 /** Read until `buffers` are full; bytes past the end of the file read as zeros. */
-function readFully(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+function readFully<C>(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context: C): void {
   fs.readv(fd, buffers, position, (err, n) => {
-    if (err) return done(err);
+    if (err) return done(err, context);
     const total = totalLength(buffers);
-    if (n >= total) return done(null);
+    if (n >= total) return done(null, context);
     if (n === 0) {
       // End of file: the image was truncated under us. Read as a hole would.
       for (const b of buffers) b.fill(0);
-      return done(null);
+      return done(null, context);
     }
     // Short: the kernel stopped early (IOV_MAX, signal) or the file ends inside the range.
-    readFully(fd, skipBytes(buffers, n), position + n, done);
+    readFully(fd, skipBytes(buffers, n), position + n, done, context);
   });
 }
 
 /** Write all of `buffers`, continuing after short writes. */
-function writeFully(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+function writeFully<C>(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context: C): void {
   fs.writev(fd, buffers, position, (err, n) => {
-    if (err) return done(err);
+    if (err) return done(err, context);
     const total = totalLength(buffers);
-    if (n >= total) return done(null);
-    if (n === 0) return done(new Error(`pwritev at ${position} wrote nothing`));
-    writeFully(fd, skipBytes(buffers, n), position + n, done);
+    if (n >= total) return done(null, context);
+    if (n === 0) return done(new Error(`pwritev at ${position} wrote nothing`), context);
+    writeFully(fd, skipBytes(buffers, n), position + n, done, context);
   });
 }
 
@@ -252,52 +252,57 @@ export class FileStorage implements BlockStorage {
     return this.#fallocate !== null && this.#punchHoleOk && !this.readOnly;
   }
 
-  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     const fd = this.#fd;
-    if (fd < 0) return done(closedError());
+    const ctx = context as C;
+    if (fd < 0) return done(closedError(), ctx);
     const length = totalLength(buffers);
-    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
-    if (length === 0) return done(null);
-    if (length < this.#threadsFrom && this.#ring?.read(fd, buffers, position, length, done)) return;
-    readFully(fd, buffers, position, done);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length), ctx);
+    if (length === 0) return done(null, ctx);
+    if (length < this.#threadsFrom && this.#ring?.read(fd, buffers, position, length, done, ctx)) return;
+    readFully(fd, buffers, position, done, ctx);
   }
 
-  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     const fd = this.#fd;
-    if (fd < 0) return done(closedError());
-    if (this.readOnly) return done(readOnlyError());
+    const ctx = context as C;
+    if (fd < 0) return done(closedError(), ctx);
+    if (this.readOnly) return done(readOnlyError(), ctx);
     const length = totalLength(buffers);
-    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
-    if (length === 0) return done(null);
-    this.#write(fd, buffers, position, done, length);
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length), ctx);
+    if (length === 0) return done(null, ctx);
+    this.#write(fd, buffers, position, done, ctx, length);
   }
 
-  #write(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback, length = totalLength(buffers)): void {
-    if (length < this.#threadsFrom && this.#ring?.write(fd, buffers, position, length, done)) return;
-    writeFully(fd, buffers, position, done);
+  #write<C>(fd: number, buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context: C,
+    length = totalLength(buffers)): void {
+    if (length < this.#threadsFrom && this.#ring?.write(fd, buffers, position, length, done, context)) return;
+    writeFully(fd, buffers, position, done, context);
   }
 
-  flush(done: IoCallback): void {
+  flush<C>(done: IoCallback<C>, context?: C): void {
     const fd = this.#fd;
-    if (fd < 0) return done(closedError());
+    const ctx = context as C;
+    if (fd < 0) return done(closedError(), ctx);
     // Nothing of ours can be dirty in a read-only file.
-    if (this.readOnly) return done(null);
-    this.#fdatasync(fd, done);
+    if (this.readOnly) return done(null, ctx);
+    this.#fdatasync(fd, done, ctx);
   }
 
-  #fdatasync(fd: number, done: IoCallback): void {
-    if (this.#ring?.fsync(fd, true, done)) return;
-    fs.fdatasync(fd, done);
+  #fdatasync<C>(fd: number, done: IoCallback<C>, context: C): void {
+    if (this.#ring?.fsync(fd, true, done, context)) return;
+    fs.fdatasync(fd, (err) => done(err, context));
   }
 
-  discard(position: number, length: number, done: IoCallback): void {
-    this.#zeroOut(position, length, true, done);
+  discard<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
+    this.#zeroOut(position, length, true, (err) => done(err, context as C));
   }
 
-  writeZeroes(position: number, length: number, unmap: boolean, done: IoCallback): void {
-    this.#zeroOut(position, length, unmap, done);
+  writeZeroes<C>(position: number, length: number, unmap: boolean, done: IoCallback<C>, context?: C): void {
+    this.#zeroOut(position, length, unmap, (err) => done(err, context as C));
   }
 
+  /** Discard and write-zeroes (rare, and in several steps: one closure per operation carries the context). */
   #zeroOut(position: number, length: number, unmap: boolean, done: IoCallback): void {
     const fd = this.#fd;
     if (fd < 0) return done(closedError());
@@ -321,7 +326,7 @@ export class FileStorage implements BlockStorage {
         if (!this.#unsupported(e as Error, punch)) return done(e as Error);
       }
     }
-    writeZeros((buffers, at, cb) => this.#write(fd, buffers, at, cb), position, length, done);
+    writeZeros((buffers, at, cb) => this.#write(fd, buffers, at, cb, undefined), position, length, done);
   }
 
   /**
@@ -344,7 +349,7 @@ export class FileStorage implements BlockStorage {
     try {
       // Nothing should be in flight (the BlockStorage contract); if something is, the fd must outlive it.
       if (ring) await ring.idle();
-      if (!this.readOnly) await new Promise<void>((resolve, reject) => this.#fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+      if (!this.readOnly) await new Promise<void>((resolve, reject) => this.#fdatasync(fd, (e) => (e ? reject(e) : resolve()), undefined));
     } finally {
       if (ring) {
         await ring.idle();

@@ -82,11 +82,11 @@ export class MemoryStorage implements BlockStorage {
     return this.#chunks?.map((c) => new Uint8Array(c.buffer, c.byteOffset, c.byteLength));
   }
 
-  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     const chunks = this.#chunks;
-    if (chunks === null) return done(closedError());
+    if (chunks === null) return done(closedError(), context as C);
     const length = totalLength(buffers);
-    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length), context as C);
     let pos = position;
     for (let i = 0; i < buffers.length; i++) {
       const dst = buffers[i]!;
@@ -108,7 +108,7 @@ export class MemoryStorage implements BlockStorage {
         pos += n;
       }
     }
-    done(null);
+    done(null, context as C);
   }
 
   /** The cached view of the page at disk position `pos` (offset `off` in `chunk`). */
@@ -122,12 +122,12 @@ export class MemoryStorage implements BlockStorage {
     return v;
   }
 
-  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
+  write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
     const chunks = this.#chunks;
-    if (chunks === null) return done(closedError());
-    if (this.readOnly) return done(readOnlyError());
+    if (chunks === null) return done(closedError(), context as C);
+    if (this.readOnly) return done(readOnlyError(), context as C);
     const length = totalLength(buffers);
-    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length), context as C);
     let pos = position;
     for (let i = 0; i < buffers.length; i++) {
       const src = buffers[i]!;
@@ -141,24 +141,24 @@ export class MemoryStorage implements BlockStorage {
         pos += n;
       }
     }
-    done(null);
+    done(null, context as C);
   }
 
-  flush(done: IoCallback): void {
-    done(this.#chunks === null ? closedError() : null);
+  flush<C>(done: IoCallback<C>, context?: C): void {
+    done(this.#chunks === null ? closedError() : null, context as C);
   }
 
-  discard(position: number, length: number, done: IoCallback): void {
+  discard<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
     // RAM cannot be handed back page by page from a Buffer; zeroing keeps "reads as zeros" true.
-    this.writeZeroes(position, length, true, done);
+    this.writeZeroes(position, length, true, done, context);
   }
 
-  writeZeroes(position: number, length: number, _unmap: boolean, done: IoCallback): void {
+  writeZeroes<C>(position: number, length: number, _unmap: boolean, done: IoCallback<C>, context?: C): void {
     const chunks = this.#chunks;
-    if (chunks === null) return done(closedError());
-    if (this.readOnly) return done(readOnlyError());
+    if (chunks === null) return done(closedError(), context as C);
+    if (this.readOnly) return done(readOnlyError(), context as C);
     const err = rangeError(this.size, position, length);
-    if (err) return done(err);
+    if (err) return done(err, context as C);
     let pos = position;
     const end = position + length;
     while (pos < end) {
@@ -168,7 +168,7 @@ export class MemoryStorage implements BlockStorage {
       chunk.fill(0, off, off + n);
       pos += n;
     }
-    done(null);
+    done(null, context as C);
   }
 
   async close(): Promise<void> {

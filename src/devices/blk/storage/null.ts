@@ -33,34 +33,34 @@ export class NullStorage implements BlockStorage {
     this.description = `null disk of ${size} bytes${this.readZeroes ? ' reading zeros' : ''}${this.readOnly ? ' (read-only)' : ''}`;
   }
 
-  read(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
-    if (this.#closed) return done(closedError());
+  read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
+    if (this.#closed) return done(closedError(), context as C);
     const length = totalLength(buffers);
-    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length));
+    if (!inRange(this.size, position, length)) return done(rangeError(this.size, position, length), context as C);
     if (this.readZeroes) for (let i = 0; i < buffers.length; i++) buffers[i]!.fill(0);
-    done(null);
+    done(null, context as C);
   }
 
-  write(buffers: readonly Uint8Array[], position: number, done: IoCallback): void {
-    this.#writeLike(position, totalLength(buffers), done);
+  write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
+    this.#writeLike(position, totalLength(buffers), done, context);
   }
 
-  flush(done: IoCallback): void {
-    done(this.#closed ? closedError() : null);
+  flush<C>(done: IoCallback<C>, context?: C): void {
+    done(this.#closed ? closedError() : null, context as C);
   }
 
-  discard(position: number, length: number, done: IoCallback): void {
-    this.#writeLike(position, length, done);
+  discard<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
+    this.#writeLike(position, length, done, context);
   }
 
-  writeZeroes(position: number, length: number, _unmap: boolean, done: IoCallback): void {
-    this.#writeLike(position, length, done);
+  writeZeroes<C>(position: number, length: number, _unmap: boolean, done: IoCallback<C>, context?: C): void {
+    this.#writeLike(position, length, done, context);
   }
 
-  #writeLike(position: number, length: number, done: IoCallback): void {
-    if (this.#closed) return done(closedError());
-    if (this.readOnly) return done(readOnlyError());
-    done(inRange(this.size, position, length) ? null : rangeError(this.size, position, length));
+  #writeLike<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
+    if (this.#closed) return done(closedError(), context as C);
+    if (this.readOnly) return done(readOnlyError(), context as C);
+    done(inRange(this.size, position, length) ? null : rangeError(this.size, position, length), context as C);
   }
 
   async close(): Promise<void> {

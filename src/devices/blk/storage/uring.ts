@@ -65,7 +65,10 @@ function rethrow(err: unknown): never {
 export class UringQueue {
   readonly #ring: IoUring;
   readonly #completions: Int32Array;
-  readonly #done: (IoCallback | null)[];
+  /** Per slot: the callback and the context it is called with (any context: each slot's pair matches). */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  readonly #done: (IoCallback<any> | null)[];
+  readonly #context: unknown[];
   /**
    * Per slot: the views of a read or write, kept until its completion (the kernel uses them until then): the
    * one view of a single-view transfer (the common case: no list to fill or pass), else the list.
@@ -98,7 +101,8 @@ export class UringQueue {
     });
     const n = this.#ring.slots;
     this.#completions = this.#ring.completions;
-    this.#done = new Array<IoCallback | null>(n).fill(null);
+    this.#done = new Array<IoCallback<unknown> | null>(n).fill(null);
+    this.#context = new Array<unknown>(n).fill(undefined);
     this.#view = new Array<Uint8Array | null>(n).fill(null);
     this.#views = Array.from({ length: n }, () => []);
     this.#op = new Uint8Array(n);
@@ -136,18 +140,20 @@ export class UringQueue {
    * Read `length` bytes (the views' total) at `position` into `buffers`; bytes past the end of the file read as
    * zeros. Returns false, doing nothing, when every slot is busy.
    */
-  read(fd: number, buffers: readonly Uint8Array[], position: number, length: number, done: IoCallback): boolean {
-    return this.#rw(Op.READ, fd, buffers, position, length, done);
+  read<C>(fd: number, buffers: readonly Uint8Array[], position: number, length: number, done: IoCallback<C>,
+    context?: C): boolean {
+    return this.#rw(Op.READ, fd, buffers, position, length, done, context);
   }
 
   /** Write `buffers` (`length` bytes in all) at `position`. Returns false when every slot is busy. */
-  write(fd: number, buffers: readonly Uint8Array[], position: number, length: number, done: IoCallback): boolean {
-    return this.#rw(Op.WRITE, fd, buffers, position, length, done);
+  write<C>(fd: number, buffers: readonly Uint8Array[], position: number, length: number, done: IoCallback<C>,
+    context?: C): boolean {
+    return this.#rw(Op.WRITE, fd, buffers, position, length, done, context);
   }
 
   /** `fdatasync` (`dataOnly`) or `fsync`. Returns false when every slot is busy. */
-  fsync(fd: number, dataOnly: boolean, done: IoCallback): boolean {
-    const slot = this.#take(dataOnly ? Op.FDATASYNC : Op.FSYNC, fd, done);
+  fsync<C>(fd: number, dataOnly: boolean, done: IoCallback<C>, context?: C): boolean {
+    const slot = this.#take(dataOnly ? Op.FDATASYNC : Op.FSYNC, fd, done, context);
     if (slot < 0) return false;
     try {
       this.#ring.fsync(slot, fd, dataOnly);
@@ -160,8 +166,8 @@ export class UringQueue {
   }
 
   /** `fallocate(fd, mode, offset, length)`. Returns false when every slot is busy. */
-  fallocate(fd: number, mode: number, offset: number, length: number, done: IoCallback): boolean {
-    const slot = this.#take(Op.FALLOCATE, fd, done);
+  fallocate<C>(fd: number, mode: number, offset: number, length: number, done: IoCallback<C>, context?: C): boolean {
+    const slot = this.#take(Op.FALLOCATE, fd, done, context);
     if (slot < 0) return false;
     try {
       this.#ring.fallocate(slot, fd, mode, offset, length);
@@ -184,18 +190,20 @@ export class UringQueue {
     this.#ring.close();
   }
 
-  #take(op: number, fd: number, done: IoCallback): number {
+  #take<C>(op: number, fd: number, done: IoCallback<C>, context: C | undefined): number {
     if (this.#freeCount === 0) return -1;
     const slot = this.#free[--this.#freeCount]!;
     this.#op[slot] = op;
     this.#fd[slot] = fd;
     this.#done[slot] = done;
+    this.#context[slot] = context;
     this.#inflight++;
     return slot;
   }
 
-  #rw(op: number, fd: number, buffers: readonly Uint8Array[], position: number, length: number, done: IoCallback): boolean {
-    const slot = this.#take(op, fd, done);
+  #rw<C>(op: number, fd: number, buffers: readonly Uint8Array[], position: number, length: number, done: IoCallback<C>,
+    context: C | undefined): boolean {
+    const slot = this.#take(op, fd, done, context);
     if (slot < 0) return false;
     // Our own list: the caller may reuse its array once we return, and a short transfer needs the views again.
     if (buffers.length === 1) {
@@ -280,7 +288,9 @@ export class UringQueue {
 
   #finish(slot: number, err: Error | null): void {
     const done = this.#done[slot]!;
+    const context = this.#context[slot];
     this.#done[slot] = null;
+    this.#context[slot] = undefined;
     if (this.#view[slot] !== null) this.#view[slot] = null;
     else this.#views[slot]!.length = 0;
     this.#free[this.#freeCount++] = slot;
@@ -290,7 +300,7 @@ export class UringQueue {
       for (const w of waiters) w();
     }
     try {
-      done(err);
+      done(err, context);
     } catch (e) {
       // As from any Node I/O callback: an uncaught exception, but only after the other completions ran.
       process.nextTick(rethrow, e);
