@@ -65,9 +65,11 @@ function rethrow(err: unknown): never {
 export class UringQueue {
   readonly #ring: IoUring;
   readonly #completions: Int32Array;
-  /** Per slot: the callback and the context it is called with (any context: each slot's pair matches). */
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  readonly #done: (IoCallback<any> | null)[];
+  /**
+   * Per slot: the callback, and the context it is called with. Typed as taking `never`: any callback fits, and
+   * only the slot's own context is ever passed to it.
+   */
+  readonly #done: (IoCallback<never> | null)[];
   readonly #context: unknown[];
   /**
    * Per slot: the views of a read or write, kept until its completion (the kernel uses them until then): the
@@ -101,7 +103,7 @@ export class UringQueue {
     });
     const n = this.#ring.slots;
     this.#completions = this.#ring.completions;
-    this.#done = new Array<IoCallback<unknown> | null>(n).fill(null);
+    this.#done = new Array<IoCallback<never> | null>(n).fill(null);
     this.#context = new Array<unknown>(n).fill(undefined);
     this.#view = new Array<Uint8Array | null>(n).fill(null);
     this.#views = Array.from({ length: n }, () => []);
@@ -300,7 +302,7 @@ export class UringQueue {
       for (const w of waiters) w();
     }
     try {
-      done(err, context);
+      done(err, context as never);
     } catch (e) {
       // As from any Node I/O callback: an uncaught exception, but only after the other completions ran.
       process.nextTick(rethrow, e);
