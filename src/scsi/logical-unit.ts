@@ -247,10 +247,11 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
     if (this.maxUnmapDescriptors > 4095) throw new RangeError('maxUnmapDescriptors must be at most 4095');
     this.unmapGranularity = Math.max(1, 4096 / bs);
     this.defaultWriteCache = options.writeCache ?? true;
-    // Through powerOn(), which a transport calls again at each reset: a field the compiler has seen written only
+    // The power-on state, which a transport sets again at each reset: a field the compiler has seen written only
     // once is taken for a constant, and its next write (the first reconnection) drops every function compiled
-    // on that assumption, the whole command path. Written twice here, no field powerOn() writes is one.
-    this.powerOn();
+    // on that assumption, the whole command path. Written twice here, no field powerOn() writes is one. (The
+    // private method, not powerOn(): a subclass's override would run before the subclass's fields exist.)
+    this.#powerOn();
   }
 
   /** WCE: writes complete before they are durable; SYNCHRONIZE CACHE makes them so. */
@@ -443,6 +444,10 @@ export class LogicalUnit implements InquiryProfile, ModeProfile {
 
   /** Back to the state of a fresh unit (a new initiator after a device reset): default cache mode, started. */
   powerOn(): void {
+    this.#powerOn();
+  }
+
+  #powerOn(): void {
     this.#writeCache = this.defaultWriteCache;
     this.#started = true;
     // Emptied in place: no new array for the fast path's checks to be compiled against again.
