@@ -39,6 +39,11 @@ export const PassResult = {
   MORE: 2,
 } as const;
 export type PassResult = (typeof PassResult)[keyof typeof PassResult];
+// Module-local copies for processRing: a read of the object's property needs type feedback, and SKIPPED is
+// first returned when a new connection's rings start, after the pass was compiled without it (that dropped it).
+const SKIPPED = PassResult.SKIPPED;
+const DONE = PassResult.DONE;
+const MORE = PassResult.MORE;
 
 /**
  * Most chains one pass hands to `handleChain`. A driver that keeps refilling the ring as fast as it is served
@@ -53,13 +58,13 @@ export const PASS_BUDGET = 256;
  * Returns {@link PassResult}: SKIPPED (0, falsy) when the ring may not be processed now.
  */
 export function processRing(handler: RingHandler, vring: Vring): PassResult {
-  if (!processable(handler, vring)) return PassResult.SKIPPED;
-  let result: PassResult = PassResult.DONE;
+  if (!processable(handler, vring)) return SKIPPED;
+  let result: PassResult = DONE;
   const token = vring.beginBatch();
   try {
     if (handler.onAvailable) {
       try {
-        if (handler.onAvailable(vring) === true) result = PassResult.MORE;
+        if (handler.onAvailable(vring) === true) result = MORE;
       } catch (err) {
         vring.fail(err as Error);
       }
@@ -77,7 +82,7 @@ export function processRing(handler: RingHandler, vring: Vring): PassResult {
         if (--budget === 0) {
           // Another pass even if the ring looks empty now: only a pop that finds it empty asks the driver for the
           // next kick (EVENT_IDX avail_event), and without that request no kick would come.
-          result = PassResult.MORE;
+          result = MORE;
           break;
         }
       }

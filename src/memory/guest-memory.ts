@@ -133,7 +133,10 @@ export class GuestMemory {
   #install(regions: MemoryRegion[]): void {
     regions.sort((a, b) => a.guestPhysAddr - b.guestPhysAddr);
     this.#regions = regions;
-    this.#rememberGpa(undefined);
+    // The cache starts on the lowest region, not empty: with one region (or buffers in the lowest) no lookup ever
+    // misses, and the miss path, which a first connection may never run once its type feedback exists, does not
+    // drop the descriptor walk's compiled code at each new table.
+    this.#rememberGpa(regions[0]);
     this.#lastVa = undefined;
     this.#generation++;
   }
@@ -178,7 +181,10 @@ export class GuestMemory {
     return this.#findGpa(gpa, len) === undefined ? -1 : gpa + b[2]!;
   }
 
-  /** The region the last successful {@link gpaRegion} or {@link gpaOffset} found (undefined after a table change). */
+  /**
+   * The region the last successful {@link gpaRegion} or {@link gpaOffset} found; after a table change, the lowest
+   * region (undefined when there is none).
+   */
   get lastGpaRegion(): MemoryRegion | undefined {
     return this.#lastGpa;
   }

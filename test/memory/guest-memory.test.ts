@@ -140,8 +140,14 @@ test('gpaOffset: the buffer offset and region, from a cold and a warm last-regio
   }
   assert.equal(mem.gpaOffset(0x4000, 1), 0);
   mem.remove({ guestPhysAddr: B.guestPhysAddr, size: B.size, userAddr: B.userAddr });
-  assert.equal(mem.lastGpaRegion, undefined);
+  // A table change leaves the lowest region cached, never the one removed.
+  assert.equal(mem.lastGpaRegion, a);
   assert.equal(mem.gpaOffset(0x4000, 1), -1, 'no stale cache hit');
+  assert.equal(mem.gpaOffset(0x10fff, 1), C.mmapOffset + 0xfff);
+  mem.remove({ guestPhysAddr: A.guestPhysAddr, size: A.size, userAddr: A.userAddr });
+  mem.remove({ guestPhysAddr: C.guestPhysAddr, size: C.size, userAddr: C.userAddr });
+  assert.equal(mem.lastGpaRegion, undefined);
+  assert.equal(mem.gpaOffset(0x10fff, 1), -1, 'no region, no hit');
 });
 
 test('gpaRegion: overflow and junk never match', () => {

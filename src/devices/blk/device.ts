@@ -16,7 +16,7 @@ import { logger as makeLogger, type Logger } from '../../util/log.js';
 import type { BlockStorage, IoCallback } from './storage/storage.js';
 import { BlkConfigOffset, encodeBlkConfig } from './config.js';
 import { Blk, BlkRequestType, BlkStatus, readHeader, readSegment, type BlkHeader, type BlkSegment } from './request.js';
-import { emptyViewList, sliceViewsInto } from '../../util/views.js';
+import { sliceViewsInto } from '../../util/views.js';
 import { shareStorage, type StorageShare } from './storage/shared.js';
 
 /** Options for {@link BlkDevice}. */
@@ -117,8 +117,13 @@ class BlkRequest {
   phase: number = Phase.IO;
   /** Make the result durable before completing (write-through). */
   sync = false;
-  /** The data part of the chain handed to the storage: refilled for every read and write. */
-  readonly data: Uint8Array[] = emptyViewList();
+  /**
+   * The data part of the chain handed to the storage: refilled for every read and write. Made with room for one
+   * (an empty view, never handed over), so that a new request's first data buffer goes into the list in place, as
+   * every later one does: growing the list is not the store the compiled code expects, and after each
+   * reconnection (new requests) it dropped handleChain.
+   */
+  readonly data: Uint8Array[] = [new Uint8Array(0)];
   /** Discard / write-zeroes: the segments copied out of the chain (grown as needed, kept), how many, the next. */
   segments: Uint8Array = NO_SEGMENTS;
   segmentCount = 0;
@@ -376,6 +381,13 @@ export class BlkDevice implements VirtioDevice {
 
   #syncWorkers(): void {
     this.#broadcast?.(this.#workerState());
+  }
+
+  ringStarted(): void {
+    // A first request for the pool now rather than on the first request: with a disk that completes within the
+    // call that one serves every request, and making it is then a path handleChain's compiled code has never
+    // seen (no type feedback), which dropped that code at each new connection (the pool is emptied at reset).
+    if (this.#pool.length === 0) this.#pool.push(new BlkRequest(this, this.storage));
   }
 
   reset(): void {
