@@ -23,6 +23,16 @@ export function emptyViewList(): Uint8Array[] {
   return list;
 }
 
+/**
+ * A view list to be refilled in place, made with room for one view and holding an empty placeholder until its
+ * owner fills it: a new list's first store then goes in place, as every later one does. Growing an empty list is
+ * not the store the compiled code expects, and a connection's new requests did it once each, dropping the request
+ * path's compiled code at every reconnection. The placeholder must never be handed on.
+ */
+export function refillableViewList(): Uint8Array[] {
+  return [new Uint8Array(0)];
+}
+
 /** Total bytes of a list of views. */
 export function viewsLength(views: readonly Uint8Array[]): number {
   let n = 0;

@@ -16,7 +16,7 @@ import { logger as makeLogger, type Logger } from '../../util/log.js';
 import type { BlockStorage, IoCallback } from './storage/storage.js';
 import { BlkConfigOffset, encodeBlkConfig } from './config.js';
 import { Blk, BlkRequestType, BlkStatus, readHeader, readSegment, type BlkHeader, type BlkSegment } from './request.js';
-import { sliceViewsInto } from '../../util/views.js';
+import { refillableViewList, sliceViewsInto } from '../../util/views.js';
 import { shareStorage, type StorageShare } from './storage/shared.js';
 
 /** Options for {@link BlkDevice}. */
@@ -117,13 +117,8 @@ class BlkRequest {
   phase: number = Phase.IO;
   /** Make the result durable before completing (write-through). */
   sync = false;
-  /**
-   * The data part of the chain handed to the storage: refilled for every read and write. Made with room for one
-   * (an empty view, never handed over), so that a new request's first data buffer goes into the list in place, as
-   * every later one does: growing the list is not the store the compiled code expects, and after each
-   * reconnection (new requests) it dropped handleChain.
-   */
-  readonly data: Uint8Array[] = [new Uint8Array(0)];
+  /** The data part of the chain handed to the storage: refilled for every read and write. */
+  readonly data: Uint8Array[] = refillableViewList();
   /** Discard / write-zeroes: the segments copied out of the chain (grown as needed, kept), how many, the next. */
   segments: Uint8Array = NO_SEGMENTS;
   segmentCount = 0;

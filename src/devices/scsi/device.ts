@@ -21,7 +21,7 @@ import type { DescriptorChain } from '../../virtqueue/chain.js';
 import { DeviceId, ScsiFeature, featureMask, hasFeature } from '../../virtio/constants.js';
 import { logger as makeLogger, type Logger } from '../../util/log.js';
 import { ScsiBus, type BusChange } from '../../scsi/bus.js';
-import { sliceViewsInto } from '../../util/views.js';
+import { refillableViewList, sliceViewsInto } from '../../util/views.js';
 import { MAX_SENSE_SIZE, ScsiTask, TaskResponse } from '../../scsi/task.js';
 import { TmfResponse, type ScsiTarget, type TaskManagementFunction } from '../../scsi/target.js';
 import type { LogicalUnit } from '../../scsi/logical-unit.js';
@@ -146,13 +146,9 @@ class ScsiRequest extends ScsiTask {
   chain: DescriptorChain | null = null;
   /** Bytes of the response header (12 + sense_size at the time of the request). */
   responseSize = 0;
-  /**
-   * The data buffers, as views: reused from request to request. Made with room for one (an empty view), so that
-   * a new request's first data buffer goes into the list in place, as every later one does: growing the list is
-   * not the store the compiled code expects, and after each reconnection (new requests) it dropped that code.
-   */
-  readonly dataOutViews: Uint8Array[] = [new Uint8Array(0)];
-  readonly dataInViews: Uint8Array[] = [new Uint8Array(0)];
+  /** The data buffers, as views: reused from request to request (read only through viewsFrom, which fills them). */
+  readonly dataOutViews: Uint8Array[] = refillableViewList();
+  readonly dataInViews: Uint8Array[] = refillableViewList();
 
   constructor(device: ScsiDevice, poolIndex: number) {
     super(requestDone);
