@@ -8,7 +8,8 @@ import { StorageError, StorageErrorCode } from '../../src/devices/blk/storage/st
 import { Sense, ScsiStatus } from '../../src/scsi/constants.js';
 import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
 import { tempDir } from '../helpers/tmp.js';
-import { Cdb, TestStorage, memoryUnit, pattern, run, start, systemError, unmapParams, type Result } from './helpers.js';
+import { Cdb, memoryUnit, pattern, run, start, unmapParams, type Result } from './helpers.js';
+import { TestStorage, systemError } from '../helpers/test-storage.js';
 
 const MiB = 1 << 20;
 const { GOOD, CHECK_CONDITION } = ScsiStatus;

@@ -6,7 +6,8 @@ import type { IoCallback } from '../../src/devices/blk/storage/storage.js';
 import { Sense, ScsiStatus, SenseKey } from '../../src/scsi/constants.js';
 import { LogicalUnit } from '../../src/scsi/logical-unit.js';
 import { ScsiTask, TaskResponse } from '../../src/scsi/task.js';
-import { Cdb, TestStorage, memoryUnit, run, type Result } from './helpers.js';
+import { Cdb, memoryUnit, run, type Result } from './helpers.js';
+import { TestStorage } from '../helpers/test-storage.js';
 
 const MiB = 1 << 20;
 const { GOOD, CHECK_CONDITION } = ScsiStatus;

@@ -5,7 +5,8 @@ import { NullStorage } from '../../src/devices/blk/storage/null.js';
 import { Sense, ScsiStatus } from '../../src/scsi/constants.js';
 import { LogicalUnit } from '../../src/scsi/logical-unit.js';
 import { TaskResponse } from '../../src/scsi/task.js';
-import { Cdb, TestStorage, memoryUnit, run, type Result } from './helpers.js';
+import { Cdb, memoryUnit, run, type Result } from './helpers.js';
+import { TestStorage } from '../helpers/test-storage.js';
 
 const MiB = 1 << 20;
 

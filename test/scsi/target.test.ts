@@ -6,7 +6,8 @@ import { Sense, ScsiStatus, SenseKey, WLUN_REPORT_LUNS } from '../../src/scsi/co
 import { LogicalUnit } from '../../src/scsi/logical-unit.js';
 import { ScsiTarget, TmfResponse } from '../../src/scsi/target.js';
 import { TaskResponse } from '../../src/scsi/task.js';
-import { Cdb, TestStorage, memoryUnit, run, start, type Result } from './helpers.js';
+import { Cdb, memoryUnit, run, start, type Result } from './helpers.js';
+import { TestStorage } from '../helpers/test-storage.js';
 
 const MiB = 1 << 20;
 

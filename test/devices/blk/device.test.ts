@@ -11,7 +11,8 @@ import { ProtocolFeature } from '../../../src/protocol/constants.js';
 import { BlkFeature, CommonFeature, featureMask, hasFeature } from '../../../src/virtio/constants.js';
 import { native } from '../../../src/native/index.js';
 import { tempDir, waitUntil } from '../../helpers/tmp.js';
-import { BlkClient, InProcessBlk, SpyStorage, pattern, withBlk } from './helpers.js';
+import { BlkClient, InProcessBlk, pattern, withBlk } from './helpers.js';
+import { TestStorage } from '../../helpers/test-storage.js';
 
 const { OK, IOERR, UNSUPP } = BlkStatus;
 const MiB = 1 << 20;
@@ -253,62 +254,64 @@ test('read-only: RO offered, discard/write-zeroes not; every write-type request 
 });
 
 test('FLUSH completes only after the storage flush does', async () => {
-  const spy = new SpyStorage(new MemoryStorage({ size: MiB }));
+  const spy = new TestStorage(new MemoryStorage({ size: MiB }));
+  spy.recordDone.add('flush');
   await withBlk({ storage: spy }, async ({ connect }) => {
     const c = await connect();
     assert.equal((await c.write(0, pattern(512, 1))).status, OK);
-    assert.deepEqual(spy.calls, ['write 0'], 'write-back: no flush per write');
-    spy.holdFlushes = true;
+    assert.deepEqual(spy.calls, ['write 0+512'], 'write-back: no flush per write');
+    spy.hold.add('flush');
     let settled = false;
     const p = c.flush().then((r) => {
       settled = true;
       return r;
     });
-    while (spy.heldFlushes === 0) await new Promise((r) => setImmediate(r));
+    while (spy.heldCount === 0) await new Promise((r) => setImmediate(r));
     // A round trip on the control socket: the backend has handled everything sent before it.
     await c.driver.frontend.getStatus();
     c.driver.reapCompletions(0);
     assert.equal(settled, false);
     assert.equal(c.driver.queue(0).readUsedIdx(), 1, 'the flush was not put in the used ring');
-    spy.releaseFlushes();
+    spy.release();
     assert.deepEqual(await p, { status: OK, len: 1 });
-    assert.deepEqual(spy.calls, ['write 0', 'flush', 'flushed']);
+    assert.deepEqual(spy.calls, ['write 0+512', 'flush', 'flush done']);
   });
 });
 
 test('write-through: each write is flushed before it completes; SET_CONFIG switches the cache mode', async () => {
-  const spy = new SpyStorage(new MemoryStorage({ size: MiB }));
+  const spy = new TestStorage(new MemoryStorage({ size: MiB }));
+  spy.recordDone.add('flush');
   await withBlk({ storage: spy, writeback: false }, async ({ connect, device }) => {
     const c = await connect();
     assert.equal((await c.config()).writeback, 0);
     assert.equal(device.writeThrough, true);
-    spy.holdFlushes = true;
+    spy.hold.add('flush');
     let settled = false;
     const p = c.write(8, pattern(1024, 1)).then((r) => {
       settled = true;
       return r;
     });
-    while (spy.heldFlushes === 0) await new Promise((r) => setImmediate(r));
+    while (spy.heldCount === 0) await new Promise((r) => setImmediate(r));
     await c.driver.frontend.getStatus();
     c.driver.reapCompletions(0);
     assert.equal(settled, false, 'the write waits for its flush');
-    spy.holdFlushes = false;
-    spy.releaseFlushes();
+    spy.hold.delete('flush');
+    spy.release();
     assert.equal((await p).status, OK);
     assert.equal((await c.discard([{ sector: 0, numSectors: 1, flags: 0 }])).status, OK);
-    assert.deepEqual(spy.calls, ['write 4096', 'flush', 'flushed', 'discard 0+512', 'flush', 'flushed']);
+    assert.deepEqual(spy.calls, ['write 4096+1024', 'flush', 'flush done', 'discard 0+512', 'flush', 'flush done']);
 
     // Guest switches to write-back: writes no longer flush.
     spy.calls.length = 0;
     await c.driver.frontend.setConfig(32, new Uint8Array([1]));
     assert.equal((await c.config()).writeback, 1);
     assert.equal((await c.write(8, pattern(512, 2))).status, OK);
-    assert.deepEqual(spy.calls, ['write 4096']);
+    assert.deepEqual(spy.calls, ['write 4096+512']);
     // And back: the switch itself flushes, and writes flush again.
     spy.calls.length = 0;
     await c.driver.frontend.setConfig(32, new Uint8Array([0]));
     assert.equal((await c.write(8, pattern(512, 3))).status, OK);
-    assert.deepEqual(spy.calls, ['flush', 'flushed', 'write 4096', 'flush', 'flushed']);
+    assert.deepEqual(spy.calls, ['flush', 'flush done', 'write 4096+512', 'flush', 'flush done']);
     // Only the writeback byte is writable.
     await assert.rejects(c.driver.frontend.setConfig(0, new Uint8Array(8)));
     await assert.rejects(c.driver.frontend.setConfig(32, new Uint8Array([2])));
@@ -317,13 +320,14 @@ test('write-through: each write is flushed before it completes; SET_CONFIG switc
 });
 
 test('a driver that negotiates neither FLUSH nor CONFIG_WCE gets durable writes; reset restores the default mode', async () => {
-  const spy = new SpyStorage(new MemoryStorage({ size: MiB }));
+  const spy = new TestStorage(new MemoryStorage({ size: MiB }));
+  spy.recordDone.add('flush');
   await withBlk({ storage: spy }, async ({ connect, device, socketPath, server }) => {
     const all = ~0n;
     const c = await connect({ features: all & ~featureMask(BlkFeature.FLUSH, BlkFeature.CONFIG_WCE) });
     assert.equal(device.writeThrough, true);
     assert.equal((await c.write(0, pattern(512, 1))).status, OK);
-    assert.deepEqual(spy.calls, ['write 0', 'flush', 'flushed']);
+    assert.deepEqual(spy.calls, ['write 0+512', 'flush', 'flush done']);
     // CONFIG_WCE is needed to change the mode.
     await assert.rejects(c.driver.frontend.setConfig(32, new Uint8Array([0])));
     const gone = once(server, 'disconnect');
@@ -335,7 +339,7 @@ test('a driver that negotiates neither FLUSH nor CONFIG_WCE gets durable writes;
       assert.equal(device.writeThrough, false);
       spy.calls.length = 0;
       assert.equal((await d.write(0, pattern(512, 2))).status, OK);
-      assert.deepEqual(spy.calls, ['write 0']);
+      assert.deepEqual(spy.calls, ['write 0+512']);
     } finally {
       d.close();
     }

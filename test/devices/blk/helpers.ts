@@ -7,7 +7,7 @@ import { DeviceServer } from '../../../src/device/server.js';
 import { VirtioDriver, type BufferRef } from '../../../src/driver/driver.js';
 import { BlkDevice, type BlkDeviceOptions } from '../../../src/devices/blk/device.js';
 import { Blk, BlkRequestType, BlkStatus, encodeHeader, encodeSegments, type BlkSegment } from '../../../src/devices/blk/request.js';
-import type { BlockStorage, IoCallback } from '../../../src/devices/blk/storage/storage.js';
+import type { BlockStorage } from '../../../src/devices/blk/storage/storage.js';
 import { decodeBlkConfig } from '../../../src/virtio/config.js';
 import type { Vring } from '../../../src/device/vring.js';
 import { GuestMemory } from '../../../src/memory/guest-memory.js';
@@ -180,71 +180,6 @@ export function pattern(len: number, seed: number): Uint8Array {
   const out = new Uint8Array(len);
   for (let i = 0; i < len; i++) out[i] = (i * 31 + seed * 17 + (i >> 9)) & 0xff;
   return out;
-}
-
-/**
- * A storage wrapper that records the calls it passes on and can hold flushes until the test releases them.
- */
-export class SpyStorage implements BlockStorage {
-  readonly inner: BlockStorage;
-  readonly calls: string[] = [];
-  holdFlushes = false;
-  readonly #held: (() => void)[] = [];
-
-  constructor(inner: BlockStorage) {
-    this.inner = inner;
-  }
-
-  get kind() { return this.inner.kind; }
-  get size() { return this.inner.size; }
-  get readOnly() { return this.inner.readOnly; }
-  get canUnmap() { return this.inner.canUnmap; }
-  get description() { return `spy on ${this.inner.description}`; }
-
-  /** Flushes waiting to be released. */
-  get heldFlushes(): number {
-    return this.#held.length;
-  }
-
-  /** Let the held flushes proceed. */
-  releaseFlushes(): void {
-    const held = this.#held.splice(0);
-    for (const go of held) go();
-  }
-
-  read<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
-    this.calls.push(`read ${position}`);
-    this.inner.read(buffers, position, done, context);
-  }
-
-  write<C>(buffers: readonly Uint8Array[], position: number, done: IoCallback<C>, context?: C): void {
-    this.calls.push(`write ${position}`);
-    this.inner.write(buffers, position, done, context);
-  }
-
-  flush<C>(done: IoCallback<C>, context?: C): void {
-    this.calls.push('flush');
-    const go = () => this.inner.flush((err) => {
-      this.calls.push('flushed');
-      done(err, context as C);
-    });
-    if (this.holdFlushes) this.#held.push(go);
-    else go();
-  }
-
-  discard<C>(position: number, length: number, done: IoCallback<C>, context?: C): void {
-    this.calls.push(`discard ${position}+${length}`);
-    this.inner.discard(position, length, done, context);
-  }
-
-  writeZeroes<C>(position: number, length: number, unmap: boolean, done: IoCallback<C>, context?: C): void {
-    this.calls.push(`write-zeroes ${position}+${length}${unmap ? ' unmap' : ''}`);
-    this.inner.writeZeroes(position, length, unmap, done, context);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
-  }
 }
 
 /**

@@ -13,8 +13,9 @@ import { LogicalUnit } from '../../../src/scsi/logical-unit.js';
 import { decodeFixedSense } from '../../../src/scsi/sense.js';
 import { CommonFeature, ScsiFeature, featureMask, hasFeature } from '../../../src/virtio/constants.js';
 import { waitUntil } from '../../helpers/tmp.js';
-import { Cdb, TestStorage, pattern } from '../../scsi/helpers.js';
+import { Cdb, pattern } from '../../scsi/helpers.js';
 import { withScsi, type CommandReply } from './helpers.js';
+import { TestStorage } from '../../helpers/test-storage.js';
 
 const MiB = 1 << 20;
 const RESPONSE = VirtioScsi.RESPONSE_HEADER_BASE + VirtioScsi.DEFAULT_SENSE_SIZE;

@@ -25,7 +25,7 @@ import { ControlType, EventType, ResetReason, ScsiQueue, ScsiResponse, VirtioScs
 import { ScsiBus } from '../../../src/scsi/bus.js';
 import { Opcode, ScsiStatus, SenseKey } from '../../../src/scsi/constants.js';
 import { LogicalUnit } from '../../../src/scsi/logical-unit.js';
-import { TestStorage } from '../../scsi/helpers.js';
+import { TestStorage } from '../../helpers/test-storage.js';
 import type { DescriptorChain } from '../../../src/virtqueue/chain.js';
 import { CommonFeature, hasFeature } from '../../../src/virtio/constants.js';
 import { DeviceRig, viewsOverlap } from '../device-rig.js';
