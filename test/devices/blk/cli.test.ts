@@ -4,14 +4,15 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlkStatus } from '../../../src/devices/blk/request.js';
-import { CliDaemon, MAIN, runCli, withCliDaemon } from '../../helpers/cli.js';
+import { MAIN, runCli, withCliDaemon } from '../../helpers/cli.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { BlkClient, pattern } from './helpers.js';
+import type { VhostDaemon } from '../../helpers/daemon.js';
 
 const MiB = 1 << 20;
 
 const cli = runCli;
-const withDaemon = (args: string[], fn: (d: CliDaemon) => Promise<void>, cwd?: string): Promise<void> =>
+const withDaemon = (args: string[], fn: (d: VhostDaemon) => Promise<void>, cwd?: string): Promise<void> =>
   withCliDaemon('blk', args, fn, cwd);
 
 test('--print-capabilities and --print-qemu print and exit without opening anything', async () => {
@@ -86,7 +87,7 @@ test('a memory disk in a child process: probe sees it, SIGTERM stops it and remo
       assert.equal(r.config.num_queues, 2);
       assert.ok(r.featureNames.includes('DISCARD') && r.featureNames.includes('CONFIG_WCE'));
       assert.equal(fs.statSync(sock).isSocket(), true);
-      assert.equal(await d.stop('SIGTERM'), 0);
+      assert.equal((await d.stop('SIGTERM')).code, 0);
       assert.equal(fs.existsSync(sock), false, 'socket file removed');
     });
   } finally {
@@ -109,7 +110,7 @@ test('with no options it serves a 256 MiB memory disk on ./vhost-user-blk.sock (
       } finally {
         c.close();
       }
-      assert.equal(await d.stop('SIGINT'), 0);
+      assert.equal((await d.stop('SIGINT')).code, 0);
       assert.equal(fs.existsSync(sock), false);
     }, dir);
   } finally {
@@ -134,7 +135,7 @@ test('an image served by the daemon keeps its data across restarts; read-only an
       } finally {
         c.close();
       }
-      assert.equal(await d.stop(), 0);
+      assert.equal((await d.stop()).code, 0);
     });
     // The data is in the file itself.
     const raw = fs.readFileSync(image);
@@ -149,7 +150,7 @@ test('an image served by the daemon keeps its data across restarts; read-only an
       } finally {
         c.close();
       }
-      assert.equal(await d.stop(), 0);
+      assert.equal((await d.stop()).code, 0);
     });
     assert.deepEqual(fs.readFileSync(image).subarray(0, 4096), Buffer.from(writes[0]!.data));
   } finally {
@@ -175,7 +176,7 @@ test('--workers 2: the queue-to-worker mapping is printed, both queues serve I/O
       } finally {
         c.close();
       }
-      assert.equal(await d.stop(), 0);
+      assert.equal((await d.stop()).code, 0);
       assert.match(d.stderr, /served 20 requests: 10 reads .* 10 writes .*per queue \[10, 10\]/);
     });
   } finally {

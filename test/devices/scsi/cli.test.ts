@@ -5,15 +5,16 @@ import path from 'node:path';
 import { parseLunSpec, placeLuns } from '../../../src/cli/scsi.js';
 import { EventType, ResetReason, ScsiResponse } from '../../../src/devices/scsi/protocol.js';
 import { ScsiStatus } from '../../../src/scsi/constants.js';
-import { CliDaemon, monitorCommand, runCli, withCliDaemon } from '../../helpers/cli.js';
+import { monitorCommand, runCli, withCliDaemon } from '../../helpers/cli.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { Cdb, pattern } from '../../scsi/helpers.js';
 import { ScsiClient } from './helpers.js';
+import type { VhostDaemon } from '../../helpers/daemon.js';
 
 const MiB = 1 << 20;
 
 const cli = runCli;
-const withDaemon = (args: string[], fn: (d: CliDaemon) => Promise<void>, cwd?: string): Promise<void> =>
+const withDaemon = (args: string[], fn: (d: VhostDaemon) => Promise<void>, cwd?: string): Promise<void> =>
   withCliDaemon('scsi', args, fn, cwd);
 
 const monitor = monitorCommand;
@@ -159,7 +160,7 @@ test('the daemon serves its LUNs; the monitor adds and removes LUNs, which the d
       } finally {
         c.close();
       }
-      assert.equal(await d.stop(), 0);
+      assert.equal((await d.stop()).code, 0);
       assert.equal(fs.existsSync(sock), false);
       assert.equal(fs.existsSync(mon), false);
       assert.match(d.stderr, /per request queue \[\d+, \d+\]/);
@@ -183,7 +184,7 @@ test('with no options it serves a 256 MiB memory disk on ./vhost-user-scsi.sock'
       } finally {
         c.close();
       }
-      assert.equal(await d.stop('SIGINT'), 0);
+      assert.equal((await d.stop('SIGINT')).code, 0);
       assert.equal(fs.existsSync(sock), false);
     }, dir);
   } finally {
