@@ -1,6 +1,6 @@
 /**
- * Helpers for the SCSI target tests: run one command on a unit or a target with plain buffers, CDB builders,
- * and storage wrappers that record calls, hold operations or fail them.
+ * Helpers for the SCSI target tests: run one command on a unit or a target with plain buffers, and CDB builders
+ * (the storage wrapper that records, holds and fails operations is test/helpers/test-storage.ts).
  */
 import { MemoryStorage } from '../../src/devices/blk/storage/memory.js';
 import { LogicalUnit, type LogicalUnitOptions } from '../../src/scsi/logical-unit.js';
