@@ -109,6 +109,7 @@ const EVENT = ScsiQueue.EVENT;
 const FAILURE = ScsiResponse.FAILURE;
 const INOUT = featureMask(ScsiFeature.INOUT);
 const CHANGE = featureMask(ScsiFeature.CHANGE);
+const LUN_NUMBER = lunNumber;
 
 function u32(b: Uint8Array, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
@@ -142,6 +143,8 @@ class ScsiRequest extends ScsiTask {
   readonly device: ScsiDevice;
   /** Where the device's pool keeps it. */
   readonly poolIndex: number;
+  /** The pool it belongs to: the device's pool generation when it was made (a reset starts a new pool). */
+  readonly generation: number;
   vring: Vring | null = null;
   chain: DescriptorChain | null = null;
   /** Bytes of the response header (12 + sense_size at the time of the request). */
@@ -150,10 +153,11 @@ class ScsiRequest extends ScsiTask {
   readonly dataOutViews: Uint8Array[] = refillableViewList();
   readonly dataInViews: Uint8Array[] = refillableViewList();
 
-  constructor(device: ScsiDevice, poolIndex: number) {
+  constructor(device: ScsiDevice, poolIndex: number, generation: number) {
     super(requestDone);
     this.device = device;
     this.poolIndex = poolIndex;
+    this.generation = generation;
   }
 }
 
@@ -172,8 +176,15 @@ function requestDone(task: ScsiTask): void {
 function viewsFrom(out: Uint8Array[], views: readonly Uint8Array[], lengths: readonly number[], start: number,
   end: number): Uint8Array[] {
   if (lengths[0] !== start) return sliceViewsInto(out, views, start, end);
+  const count = views.length;
+  if (count === 2) {
+    // One data buffer (Linux's usual layout for 4 KiB): no loop.
+    out[0] = views[1]!;
+    if (out.length !== 1) out.length = 1;
+    return out;
+  }
   let n = 0;
-  for (let i = 1; i < views.length; i++) out[n++] = views[i]!;
+  for (let i = 1; i < count; i++) out[n++] = views[i]!;
   // Trimmed rather than emptied first: emptying drops the array's storage and refilling it would allocate.
   if (out.length !== n) out.length = n;
   return out;
@@ -222,6 +233,8 @@ export class ScsiDevice implements VirtioDevice {
   #requests: ScsiRequest[] = [];
   #freeIndexes = new Int32Array(64);
   #freeCount = 0;
+  /** The pool's generation: a request of an earlier one (dropped by a reset) is not taken back. */
+  #generation = 0;
   /** The index of the request being started by #request (for #internalError), -1 when none. */
   #starting = -1;
   /** Bytes of the request header before the data-out buffers (19 + cdb_size), and of the response (12 + sense_size). */
@@ -387,6 +400,7 @@ export class ScsiDevice implements VirtioDevice {
     // Pooled requests still hold views of the old guest memory.
     this.#requests = [];
     this.#freeCount = 0;
+    this.#generation++;
     // A new driver meets the units as after power-on.
     for (const { unit } of this.bus.units()) unit.powerOn();
   }
@@ -473,7 +487,7 @@ export class ScsiDevice implements VirtioDevice {
     if (target === undefined) return this.#badTarget(vring, chain, dataOutLength, dataInLength);
     const req = this.#take(vring, chain);
     // Bytes 4-7 of the LUN field must be zero; the LUN is in bytes 2-3.
-    const lun = u[i + 1] === 0 ? lunNumber((w0 >>> 16) & 0xff, w0 >>> 24) : -1;
+    const lun = u[i + 1] === 0 ? LUN_NUMBER((w0 >>> 16) & 0xff, w0 >>> 24) : -1;
     req.tagLo = u[i + 2]!;
     req.tagHi = u[i + 3]!;
     // The CDB starts at header byte 19, three bytes into word 4: each task word is the top byte of one header
@@ -621,10 +635,9 @@ export class ScsiDevice implements VirtioDevice {
     const len = req.responseSize + req.dataInTransferred;
     // The views stay in the task (and the request's own arrays) until prepare() on its next use, or a device reset
     // drops the pool (a request of a dropped pool is not taken back).
-    const index = req.poolIndex;
-    if (this.#requests[index] === req) {
+    if (req.generation === this.#generation) {
       if (this.#freeCount === this.#freeIndexes.length) this.#growFree();
-      this.#freeIndexes[this.#freeCount++] = index;
+      this.#freeIndexes[this.#freeCount++] = req.poolIndex;
     }
     vring.complete(chain, len);
   }
@@ -632,7 +645,7 @@ export class ScsiDevice implements VirtioDevice {
   /** One more request in the pool, free. */
   #newRequest(): void {
     const index = this.#requests.length;
-    this.#requests.push(new ScsiRequest(this, index));
+    this.#requests.push(new ScsiRequest(this, index, this.#generation));
     if (this.#freeCount === this.#freeIndexes.length) this.#growFree();
     this.#freeIndexes[this.#freeCount++] = index;
   }
