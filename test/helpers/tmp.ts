@@ -13,6 +13,19 @@ export function openFdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
+/** What each open fd of this process is (its /proc/self/fd link), by number. */
+export function openFds(): Map<number, string> {
+  const fds = new Map<number, string>();
+  for (const name of fs.readdirSync('/proc/self/fd')) {
+    try {
+      fds.set(Number(name), fs.readlinkSync(`/proc/self/fd/${name}`));
+    } catch {
+      // Closed meanwhile (the directory's own fd, or another thread's).
+    }
+  }
+  return fds;
+}
+
 /** Resolve after `ms`. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
