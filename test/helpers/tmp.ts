@@ -8,7 +8,7 @@ export function tempDir(prefix = 'vhost-user-test-'): { dir: string; cleanup: ()
   return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** Number of open fds of this process. */
+/** Number of open fds of this process (for trends over many rounds; {@link fdsOpenedSince} to check for leaks). */
 export function openFdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
@@ -24,6 +24,21 @@ export function openFds(): Map<number, string> {
     }
   }
   return fds;
+}
+
+/** The kinds of fd our code and tests receive, make and pass on: sockets, eventfds, memfds, temporary files. */
+const OUR_KINDS = /^(socket:|anon_inode:\[eventfd\]|\/memfd:)/;
+const TMP = `${os.tmpdir()}/`;
+
+/**
+ * Fds of our kinds open now that were not open at `before` (a number reused for another file counts), as
+ * `fd link` strings. Judged by kind, not by count: the runtime opens fds of its own now and then (libuv's io_uring
+ * on first use, for one), and a count comparison failed on one in CI.
+ */
+export function fdsOpenedSince(before: ReadonlyMap<number, string>): string[] {
+  const opened: string[] = [];
+  for (const [fd, link] of openFds()) if (before.get(fd) !== link && (OUR_KINDS.test(link) || link.startsWith(TMP))) opened.push(`${fd} ${link}`);
+  return opened;
 }
 
 /** Resolve after `ms`. */

@@ -4,11 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { native, isSystemError, closeQuietly, Readiness } from '../../src/native/index.js';
+import { fdsOpenedSince, openFds } from '../helpers/tmp.js';
 
-/** Number of open fds in this process (readdir's own fd is there both times). */
-function openFdCount(): number {
-  return fs.readdirSync('/proc/self/fd').length;
-}
 
 function isOpen(fd: number): boolean {
   try {
@@ -54,16 +51,17 @@ test('recvMsg keeps maxFds fds and closes the surplus', () => {
   const [a, b] = native.socketPair();
   const sent = Array.from({ length: 8 }, () => native.eventfd(0));
   try {
-    const before = openFdCount();
+    const before = openFds();
     assert.equal(native.sendMsg(a, Uint8Array.of(1, 2, 3), sent), 3);
     const r = native.recvMsg(b, new Uint8Array(8), 2);
     assert.ok(r !== null);
     assert.equal(r.bytes, 3);
     assert.equal(r.fds.length, 2);
     assert.equal(r.fdsTruncated, true);
-    assert.equal(openFdCount(), before + 2, 'the 6 surplus fds must have been closed');
+    assert.deepEqual(fdsOpenedSince(before).map((f) => Number.parseInt(f, 10)).sort(), [...r.fds].sort(),
+      'the 6 surplus fds must have been closed');
     for (const fd of r.fds) native.close(fd);
-    assert.equal(openFdCount(), before);
+    assert.deepEqual(fdsOpenedSince(before), []);
   } finally {
     for (const fd of sent) native.close(fd);
     native.close(a);
@@ -75,11 +73,11 @@ test('recvMsg with maxFds 0 drops all fds but still reads the bytes', () => {
   const [a, b] = native.socketPair();
   const efd = native.eventfd(0);
   try {
-    const before = openFdCount();
+    const before = openFds();
     native.sendMsg(a, Uint8Array.of(9), [efd, efd]);
     const r = native.recvMsg(b, new Uint8Array(4), 0);
     assert.deepEqual(r, { bytes: 1, fds: [], fdsTruncated: true });
-    assert.equal(openFdCount(), before);
+    assert.deepEqual(fdsOpenedSince(before), []);
   } finally {
     native.close(efd);
     native.close(a);
@@ -324,11 +322,11 @@ test('memfdCreate sizes the file and fstat reports size and mode', () => {
   } finally {
     native.close(fd);
   }
-  const before = openFdCount();
+  const before = openFds();
   // The kernel caps memfd names at 249 bytes.
   assert.throws(() => native.memfdCreate('n'.repeat(300), 4096), (err: unknown) =>
     isSystemError(err, 'EINVAL') && err.syscall === 'memfd_create');
-  assert.equal(openFdCount(), before);
+  assert.deepEqual(fdsOpenedSince(before), []);
 });
 
 test('byte arguments: any typed array or DataView by its bytes; anything else a TypeError naming the argument', () => {

@@ -14,7 +14,7 @@ import { FrontendConnection, RequestFailed } from '../../src/protocol/frontend.j
 import { FrontendRequest as R, ProtocolFeature } from '../../src/protocol/constants.js';
 import { setLogLevel, setLogSink, getLogLevel } from '../../src/util/log.js';
 import { EchoDevice } from '../helpers/echo-device.js';
-import { openFdCount, tempDir, waitUntil, sleep } from '../helpers/tmp.js';
+import { fdsOpenedSince, openFds, tempDir, waitUntil, sleep } from '../helpers/tmp.js';
 import {
   Bytes, NEED_REPLY, REPLY, RawPeer, V1, configPayload, inflightPayload, memTable, readU64, singleRegion, u64,
   vringAddr, vringState, type WireMessage, type WireRegion,
@@ -112,7 +112,7 @@ async function goodRoundTrip(target: string = socketPath): Promise<void> {
  */
 async function expectDropped(build: (fds: Fds) => WireMessage[], reason: RegExp): Promise<void> {
   await idle();
-  const baseline = openFdCount();
+  const baseline = openFds();
   const mark = lines.length;
   const fds = new Fds();
   const peer = RawPeer.connect(socketPath);
@@ -132,11 +132,11 @@ async function expectDropped(build: (fds: Fds) => WireMessage[], reason: RegExp)
   assert.equal(logged.length, 1, `one logged reason, got:\n${lines.slice(mark).join('\n')}`);
   assert.match(logged[0]!, reason);
   try {
-    await waitUntil(() => openFdCount() === baseline, 2000, 'fds to be closed');
+    await waitUntil(() => fdsOpenedSince(baseline).length === 0, 2000, 'fds to be closed');
   } catch {
-    // fall through to the assertion, which shows the numbers
+    // fall through to the assertion, which names them
   }
-  assert.equal(openFdCount(), baseline, 'every fd the daemon received was closed');
+  assert.deepEqual(fdsOpenedSince(baseline), [], 'every fd the daemon received was closed');
   await goodRoundTrip();
 }
 
@@ -379,7 +379,7 @@ hostile('a malformed message after negotiation, memory and a started ring', /SET
 for (const [what, cut] of [['header', 5], ['payload', 12 + 10]] as const) {
   test(`a frontend that disconnects inside a message ${what}: logged, its fds closed, server goes on`, async () => {
     await idle();
-    const baseline = openFdCount();
+    const baseline = openFds();
     const mark = lines.length;
     const peer = RawPeer.connect(socketPath);
     const memfd = native.memfdCreate('hostile-test', 1 << 20);
@@ -393,8 +393,8 @@ for (const [what, cut] of [['header', 5], ['payload', 12 + 10]] as const) {
     await idle();
     assert.match(lines.slice(mark).find((l) => /closing connection/.test(l))!,
       new RegExp(`connection closed inside a message ${what} \\(${what === 'header' ? '5 of 12' : '10 of 40'} bytes\\)`));
-    await waitUntil(() => openFdCount() === baseline, 2000, 'fds to be closed').catch(() => {});
-    assert.equal(openFdCount(), baseline);
+    await waitUntil(() => fdsOpenedSince(baseline).length === 0, 2000, 'fds to be closed').catch(() => {});
+    assert.deepEqual(fdsOpenedSince(baseline), []);
     await goodRoundTrip();
   });
 }

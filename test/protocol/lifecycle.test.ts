@@ -19,7 +19,7 @@ import { setLogLevel, setLogSink, getLogLevel } from '../../src/util/log.js';
 import type { VirtioDevice } from '../../src/device/device.js';
 import { EchoDevice } from '../helpers/echo-device.js';
 import { HoldDevice } from '../helpers/hold-device.js';
-import { openFdCount, sleep, tempDir, waitUntil } from '../helpers/tmp.js';
+import { fdsOpenedSince, openFds, sleep, tempDir, waitUntil } from '../helpers/tmp.js';
 import {
   FrontendConnection, GuestRam, addEcho, allocQueue, attachQueue, negotiate, put, takeUsed, text,
   type Negotiated,
@@ -731,7 +731,7 @@ test('client mode: the backend connects to our socket, retries until it exists, 
 
 test('socket activation: an inherited listening fd is served; closing does not remove a socket we did not create', async () => {
   const socketPath = freshPath('activated');
-  const before = openFdCount();
+  const before = openFds();
   const listenFd = native.unixListen(socketPath, 16);
   const server = new DeviceServer(new EchoDevice(), { socketFd: listenFd }).listen();
   try {
@@ -748,7 +748,7 @@ test('socket activation: an inherited listening fd is served; closing does not r
     await server.close();
   }
   assert.ok(fs.existsSync(socketPath));
-  assert.equal(openFdCount(), before, 'the inherited fd is closed with the server');
+  assert.deepEqual(fdsOpenedSince(before), [], 'the inherited fd is closed with the server');
 });
 
 test('socket activation: an fd that is not a listening Unix socket is refused', () => {
