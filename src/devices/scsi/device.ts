@@ -176,15 +176,8 @@ function requestDone(task: ScsiTask): void {
 function viewsFrom(out: Uint8Array[], views: readonly Uint8Array[], lengths: readonly number[], start: number,
   end: number): Uint8Array[] {
   if (lengths[0] !== start) return sliceViewsInto(out, views, start, end);
-  const count = views.length;
-  if (count === 2) {
-    // One data buffer (Linux's usual layout for 4 KiB): no loop.
-    out[0] = views[1]!;
-    if (out.length !== 1) out.length = 1;
-    return out;
-  }
   let n = 0;
-  for (let i = 1; i < count; i++) out[n++] = views[i]!;
+  for (let i = 1; i < views.length; i++) out[n++] = views[i]!;
   // Trimmed rather than emptied first: emptying drops the array's storage and refilling it would allocate.
   if (out.length !== n) out.length = n;
   return out;
